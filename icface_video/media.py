@@ -1,0 +1,192 @@
+"""Decoding: videos and still images as one stream of RGB frames (PyAV).
+
+A still image (jpg, png, pgm, bmp, a one-frame gif, Yale's extension-less GIF files) is a
+one-frame video, so every later stage has a single interface. Decoding streams: one
+frame is held at a time, whatever the clip length.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from .errors import InputError
+
+# Demuxers that hold one picture (FFmpeg's image2 and the *_pipe image parsers).
+_STILL_FORMATS = {"image2", "image2pipe"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: 0-based position in decode order.
+        time: presentation time in seconds from the stream start (real timestamps, so
+            variable-frame-rate clips keep their timing).
+        rgb: (H, W, 3) uint8 RGB, already rotated upright per the stream's display matrix.
+        rotation: the counter-clockwise degrees that were applied to make it upright.
+    """
+
+    index: int
+    time: float
+    rgb: np.ndarray
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What is known about a source before decoding it.
+
+    Attributes:
+        path: the file.
+        is_still: True for a still image (decoded as exactly one frame).
+        width, height: displayed size in pixels (after rotation).
+        fps: average frame rate (frames/s); 0 for stills.
+        frame_count: frames declared by the container (0 when unknown).
+        duration: seconds (0 when unknown).
+        rotation: counter-clockwise degrees applied to decoded frames.
+        has_audio: True when the file carries an audio stream.
+    """
+
+    path: str
+    is_still: bool
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    duration: float
+    rotation: int
+    has_audio: bool
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a video or image")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    _check_readable(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, f"not a readable video or image ({_short(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        kind = "audio only" if container.streams.audio else "no video stream"
+        raise InputError(path, f"{kind}: nothing to decode")
+    return container
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # FFmpeg messages repeat the path; keep them short.
+    return text.split(": '")[0][:120]
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read a file's header (and first frames for GIFs) without decoding it all.
+
+    Raises:
+        InputError: missing, unreadable, not a video/image, no video stream, no frames.
+    """
+    p = Path(path)
+    container = _open(p)
+    try:
+        stream = container.streams.video[0]
+        fmt = container.format.name
+        still = fmt in _STILL_FORMATS or fmt.endswith("_pipe")
+        frames = iter(_decode_frames(container, p))
+        first = next(frames, None)
+        if first is None:
+            raise InputError(p, "no decodable video frames")
+        if fmt.startswith("gif"):
+            still = next(frames, None) is None
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        duration = float(container.duration / av.time_base) if container.duration else 0.0
+        h, w = first.rgb.shape[:2]
+        rotation = first.rotation
+        return MediaInfo(
+            path=str(p),
+            is_still=still,
+            width=w,
+            height=h,
+            fps=0.0 if still else rate,
+            frame_count=1 if still else int(stream.frames or 0),
+            duration=0.0 if still else duration,
+            rotation=rotation,
+            has_audio=bool(container.streams.audio),
+        )
+    finally:
+        container.close()
+
+
+def _decode_frames(container: av.container.InputContainer, path: Path) -> Iterator[Frame]:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    fallback_rate = float(stream.average_rate) if stream.average_rate else 25.0
+    index = 0
+    last_time = -1.0
+    try:
+        for vf in container.decode(stream):
+            rgb = vf.to_ndarray(format="rgb24")
+            rot = int(round(vf.rotation or 0)) % 360
+            if rot:
+                rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
+            t = vf.time
+            if t is None or t <= last_time:
+                # Missing or non-increasing timestamps: continue from the previous one.
+                t = (last_time + 1.0 / fallback_rate) if index else 0.0
+            last_time = t
+            yield Frame(index=index, time=float(t), rgb=rgb, rotation=rot)
+            index += 1
+    except av.error.FFmpegError as exc:
+        if index == 0:
+            raise InputError(path, f"cannot decode video ({_short(exc)})") from None
+        raise InputError(path, f"corrupt or truncated after frame {index} ({_short(exc)})") from None
+
+
+def iter_frames(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[Frame]:
+    """Stream the frames of a video or image, one at a time.
+
+    Convention:
+        yields: :class:`Frame` with ``rgb`` (H, W, 3) uint8 RGB, upright; ``time`` in
+            seconds (first frame's time shifted to 0); ``index`` 0-based.
+        A still image yields exactly one frame; a GIF with one frame counts as a still.
+
+    Raises:
+        InputError: missing, unreadable, corrupt, audio-only or zero-frame file.
+    """
+    p = Path(path)
+    info = probe(p)
+    container = _open(p)
+    try:
+        t0: float | None = None
+        count = 0
+        for frame in _decode_frames(container, p):
+            if t0 is None:
+                t0 = frame.time
+            yield Frame(frame.index, frame.time - t0, frame.rgb, frame.rotation)
+            count += 1
+            if info.is_still or (max_frames is not None and count >= max_frames):
+                break
+        if count == 0:
+            raise InputError(p, "no decodable video frames")
+    finally:
+        container.close()
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """The first frame of an image or video as (H, W, 3) uint8 RGB."""
+    return next(iter_frames(path, max_frames=1)).rgb
