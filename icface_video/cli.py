@@ -16,7 +16,7 @@ from typing import Iterator
 import click
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError
+from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
 from .smoothing import SMOOTH_METHODS, SmoothConfig
 
 # -- shared options ---------------------------------------------------------------
@@ -162,6 +162,305 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     elif not quiet:
         click.echo(f"wrote {output}: {summary['frames']} frames, {summary['faces_found']} with a face "
                    f"({summary['fps']} frames/s)", err=True)
+
+
+# -- reenactment ---------------------------------------------------------------------
+
+
+def _load_model(model_path: str | None, device: str):
+    from .model import ReenactmentModel
+    from .reenact import pick_device
+
+    try:
+        dev = pick_device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device}: {exc}") from None
+    return ReenactmentModel.load(model_path, device=dev)
+
+
+def _presets(names: tuple[str, ...]):
+    from . import presets
+
+    return [presets.load(n) for n in names]
+
+
+def _sets(exprs: tuple[str, ...]):
+    from .controls import parse_set
+
+    return [parse_set(e) for e in exprs]
+
+
+def render_options(func):
+    """Options shared by the commands that write a video."""
+    opts = [
+        click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
+                     help="Model folder (default: the shipped model)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
+        click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
+        click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
+        click.option("--color-match", is_flag=True, help="Match the generated face's colours to the source."),
+        click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="x264 quality (lower = better)."),
+        click.option("--x264-preset", default="medium", show_default=True,
+                     type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]),
+                     help="x264 speed preset."),
+        click.option("--no-audio", is_flag=True, help="Do not copy the driver's audio."),
+        click.option("--preview", is_flag=True, help="Also write OUT.preview.mp4 (source | driver | result) and OUT.contact.png."),
+        click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Which face in the source and drivers (0 = largest)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _render_options(batch_size, device, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
+    from .encode import EncodeConfig
+    from .paste import PasteConfig
+    from .reenact import RenderOptions
+
+    return RenderOptions(batch_size=batch_size, device=device, crop_only=crop_only,
+                         paste=PasteConfig(color_match=color_match),
+                         encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio),
+                         preview=preview, overwrite=overwrite)
+
+
+def _report(summary: dict, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif not quiet:
+        extra = f", preview {summary['preview']}" if summary.get("preview") else ""
+        click.echo(f"wrote {summary['output']}: {summary['frames']} frames {summary['width']}x{summary['height']} "
+                   f"at {summary['fps']} fps, audio {'yes' if summary['audio'] else 'no'}{extra}", err=True)
+
+
+@contextmanager
+def stage_progress(enabled: bool) -> Iterator:
+    """A progress bar whose description follows the pipeline stage: yields ``update(stage, done, total)``."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    with progress_bar("", True) as update:
+        yield lambda stage, done, total: update(done, total)
+
+
+@cli.command()
+@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo or clip.")
+@click.option("--driving", "-d", type=click.Path(path_type=str), default=None, help="Driving video or attribute CSV.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Video to write (.mp4).")
+@click.option("--mode", type=click.Choice(["full", "pose", "expression"]), default="full", show_default=True,
+              help="What --driving drives.")
+@click.option("--pose-from", type=click.Path(path_type=str), help="Head pose from this video/CSV.")
+@click.option("--expression-from", type=click.Path(path_type=str), help="All AUs from this video/CSV.")
+@click.option("--eyes-from", type=click.Path(path_type=str), help="AU05 06 07 45 from this video/CSV.")
+@click.option("--mouth-from", type=click.Path(path_type=str), help="AU09 10 12 14 15 17 20 23 25 26 from this video/CSV.")
+@click.option("--brows-from", type=click.Path(path_type=str), help="AU01 02 04 from this video/CSV.")
+@click.option("--relative/--absolute", default=None,
+              help="Apply driver changes to the source's own values (default for photos) or copy them (default for clips).")
+@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable, in order).")
+@click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1, AU12*=1.5 (repeatable).")
+@smoothing_options
+@render_options
+@output_options
+def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
+            relative, preset_names, set_exprs, smooth_method, smooth_strength, model_path, device, batch_size,
+            crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+    """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
+
+    Output: the source's size (rounded down to even), the driver's frame rate and frame
+    count, the driver's audio. A source clip is reenacted frame by frame (its last frame
+    is held if the driver is longer).
+    """
+    from .jobs import ReenactJob, run_reenact
+    from .outputs import check_output
+
+    check_output(output, overwrite)
+    parts = {k: v for k, v in (("pose", pose_from), ("expression", expression_from), ("eyes", eyes_from),
+                               ("mouth", mouth_from), ("brows", brows_from)) if v}
+    job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
+                     presets=_presets(preset_names), sets=_sets(set_exprs),
+                     smoothing=SmoothConfig(smooth_method, smooth_strength), face_index=face_index,
+                     render=_render_options(batch_size, device, crop_only, color_match, crf, x264_preset,
+                                            no_audio, preview, overwrite))
+    model = _load_model(model_path, device)
+    with stage_progress(not quiet and not as_json) as update:
+        summary = run_reenact(job, model, update)
+    _report(summary, quiet, as_json)
+
+
+@cli.command()
+@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Video to write (.mp4).")
+@click.option("--keyframes", type=click.Path(path_type=str), help="Keyframe file (TOML or CSV): times and values.")
+@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
+@click.option("--set", "set_exprs", multiple=True, help="Constant overrides, e.g. AU12=3 or yaw=10deg.")
+@click.option("--duration", type=click.FloatRange(min=0.04, max=3600), default=None,
+              help="Seconds (default: the keyframes' or presets' length, else 3).")
+@click.option("--fps", type=click.FloatRange(min=1, max=120), default=25.0, show_default=True)
+@click.option("--ramp", type=click.FloatRange(0, 0.5), default=0.25, show_default=True,
+              help="Presets without a timeline ramp in and out over this fraction of the duration.")
+@render_options
+@output_options
+def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
+            crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+    """Animate a photo with no driving video: keyframes and/or presets over time."""
+    import numpy as np
+
+    from .jobs import apply_overrides
+    from .keyframes import load_keyframes
+    from .outputs import check_output
+    from .presets import smooth_interp
+    from .reenact import analyze_still, render_video
+
+    check_output(output, overwrite)
+    if not keyframes and not preset_names and not set_exprs:
+        raise UsageError("animate needs --keyframes, --preset or --set")
+    keys = load_keyframes(keyframes) if keyframes else None
+    presets, sets = _presets(preset_names), _sets(set_exprs)
+    if duration is None:
+        lengths = [keys.duration if keys else 0.0] + [p.duration for p in presets]
+        duration = max(lengths) if max(lengths) > 0 else 3.0
+    model = _load_model(model_path, device)
+    still = analyze_still(source, model.resolution, face_index)
+    n = max(1, int(round(duration * fps)))
+    times = np.arange(n, dtype=np.float64) / fps
+    attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
+    envelope = smooth_interp(times, [0.0, ramp * duration, (1 - ramp) * duration, duration], [0.0, 1.0, 1.0, 0.0]) \
+        if ramp > 0 else 1.0
+    timed = [p for p in presets if p.timeline is not None]
+    steady = [p for p in presets if p.timeline is None]
+    attrs = apply_overrides(attrs, times, steady, [], envelope)
+    attrs = apply_overrides(attrs, times, timed, sets)
+    options = _render_options(batch_size, device, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
+    with stage_progress(not quiet and not as_json) as update:
+        result = render_video(model, still, attrs, times, fps, output, options,
+                              progress=(lambda d, t: update("render", d, t)) if update else None)
+    summary = dict(result.__dict__, source=source)
+    _report(summary, quiet, as_json)
+
+
+def _write_image(output: str, rgb, overwrite: bool) -> None:
+    import cv2
+
+    from .outputs import atomic_output
+
+    with atomic_output(output, overwrite) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise UsageError(f"{output}: cannot write this image type (use .png or .jpg)")
+
+
+@cli.command()
+@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
+@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
+@click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
+@click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
+@output_options
+def edit(source, output, preset_names, set_exprs, model_path, device, crop_only, face_index, overwrite, quiet, as_json) -> None:
+    """Change a photo's expression or pose with presets and --set values; write an image."""
+    import numpy as np
+    import torch
+
+    from .jobs import apply_overrides
+    from .outputs import check_output
+    from .paste import PasteBack
+    from .reenact import analyze_still, to_uint8
+
+    check_output(output, overwrite)
+    if not preset_names and not set_exprs:
+        raise UsageError("edit needs --preset or --set")
+    presets, sets = _presets(preset_names), _sets(set_exprs)
+    model = _load_model(model_path, device)
+    still = analyze_still(source, model.resolution, face_index)
+    attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
+    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
+    crop = model.render(cache, torch.from_numpy(attrs).to(model.device)).float().cpu()
+    if crop_only:
+        image = to_uint8(crop)[0]
+    else:
+        image = PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
+    _write_image(output, image, overwrite)
+    summary = {"output": output, "source": source, "width": int(image.shape[1]), "height": int(image.shape[0]),
+               "attributes": {n: round(float(v), 3) for n, v in zip(__import__("icface_video.attributes", fromlist=["ATTR_NAMES"]).ATTR_NAMES, attrs[0])}}
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif not quiet:
+        click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
+@click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
+@output_options
+def neutralize(source, output, model_path, device, crop_only, face_index, overwrite, quiet, as_json) -> None:
+    """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
+    import torch
+
+    from .outputs import check_output
+    from .paste import PasteBack
+    from .reenact import analyze_still, to_uint8
+
+    check_output(output, overwrite)
+    model = _load_model(model_path, device)
+    still = analyze_still(source, model.resolution, face_index)
+    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
+    crop = model.neutralize(cache).float().cpu()
+    if crop_only:
+        image = to_uint8(crop)[0]
+    else:
+        image = PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
+    _write_image(output, image, overwrite)
+    if as_json:
+        click.echo(json.dumps({"output": output, "source": source}))
+    elif not quiet:
+        click.echo(f"wrote {output}", err=True)
+
+
+# -- presets ---------------------------------------------------------------------------
+
+
+@cli.group()
+def presets() -> None:
+    """List, show and validate expression/pose presets."""
+
+
+@presets.command("list")
+def presets_list() -> None:
+    """Shipped presets with their descriptions."""
+    from . import presets as P
+
+    for name in P.builtin_names():
+        p = P.load(name)
+        click.echo(f"{name:<12} {p.region or 'any':<10} {p.description}")
+
+
+@presets.command("show")
+@click.argument("name")
+def presets_show(name) -> None:
+    """Print a preset's file (NAME or path)."""
+    from . import presets as P
+
+    path = P.resolve(name)
+    P.parse(path)
+    click.echo(f"# {path}")
+    click.echo(path.read_text(encoding="utf-8").rstrip())
+
+
+@presets.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def presets_validate(files) -> None:
+    """Check preset files; prints `ok` per file or fails with file:line: key: reason."""
+    from . import presets as P
+
+    for f in files:
+        P.parse(P.resolve(f))
+        click.echo(f"{f}: ok")
 
 
 # -- entry point --------------------------------------------------------------------

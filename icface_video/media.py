@@ -8,6 +8,7 @@ frame is held at a time, whatever the clip length.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -83,15 +84,17 @@ def _open(path: Path) -> av.container.InputContainer:
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(path, f"not a readable video or image ({_short(exc)})") from None
     if not container.streams.video:
+        # Look at the audio streams before closing: a closed container lists none.
+        kind = "audio only, no video stream" if container.streams.audio else "no video stream"
         container.close()
-        kind = "audio only" if container.streams.audio else "no video stream"
         raise InputError(path, f"{kind}: nothing to decode")
     return container
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # FFmpeg messages repeat the path; keep them short.
+    # FFmpeg messages repeat the path and carry an errno prefix; keep them short.
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
     return text.split(": '")[0][:120]
 
 
@@ -139,18 +142,22 @@ def _decode_frames(container: av.container.InputContainer, path: Path) -> Iterat
     index = 0
     last_time = -1.0
     try:
-        for vf in container.decode(stream):
-            rgb = vf.to_ndarray(format="rgb24")
-            rot = int(round(vf.rotation or 0)) % 360
-            if rot:
-                rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
-            t = vf.time
-            if t is None or t <= last_time:
-                # Missing or non-increasing timestamps: continue from the previous one.
-                t = (last_time + 1.0 / fallback_rate) if index else 0.0
-            last_time = t
-            yield Frame(index=index, time=float(t), rgb=rgb, rotation=rot)
-            index += 1
+        for packet in container.demux(stream):
+            if packet.is_corrupt:
+                # A short read (truncated file): the threaded decoder would drop it silently.
+                raise InputError(path, f"truncated or corrupt: decoding stopped after frame {index}")
+            for vf in packet.decode():
+                rgb = vf.to_ndarray(format="rgb24")
+                rot = int(round(vf.rotation or 0)) % 360
+                if rot:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
+                t = vf.time
+                if t is None or t <= last_time:
+                    # Missing or non-increasing timestamps: continue from the previous one.
+                    t = (last_time + 1.0 / fallback_rate) if index else 0.0
+                last_time = t
+                yield Frame(index=index, time=float(t), rgb=rgb, rotation=rot)
+                index += 1
     except av.error.FFmpegError as exc:
         if index == 0:
             raise InputError(path, f"cannot decode video ({_short(exc)})") from None

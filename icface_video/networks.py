@@ -372,12 +372,14 @@ class Generator(nn.Module):
         return self.render(cache, torch.zeros_like(src))["image"]
 
     def forward(self, source: torch.Tensor, source_attrs: torch.Tensor,
-                target_attrs: torch.Tensor, with_neutral: bool = False) -> dict[str, torch.Tensor]:
-        """Training pass: encode + render (+ the neutral face as ``"neutral"`` if asked)."""
+                target_attrs: torch.Tensor, neutral_count: int = 0) -> dict[str, torch.Tensor]:
+        """Training pass: encode + render; with ``neutral_count`` > 0 also the neutral faces of
+        the first ``neutral_count`` sources as ``"neutral"`` (n, 3, R, R)."""
         cache = self.encode(source, source_attrs)
         out = self.render(cache, target_attrs)
-        if with_neutral:
-            out["neutral"] = self.neutralize(cache)
+        if neutral_count > 0:
+            n = min(neutral_count, source.shape[0])
+            out["neutral"] = self.neutralize({k: v[:n] for k, v in cache.items()})
         return out
 
 

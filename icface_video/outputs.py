@@ -29,7 +29,8 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise OutputError(p, "already exists (use --overwrite to replace it)")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(p, f"folder {parent} does not exist")
+        problem = f"{parent} is a file, not a folder" if parent.exists() else f"folder {parent} does not exist"
+        raise OutputError(p, problem)
     if not os.access(parent, os.W_OK):
         raise OutputError(p, f"folder {parent} is not writable")
     return p
@@ -46,6 +47,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent or ".")
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal permissions
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:

@@ -1,0 +1,147 @@
+"""Driving signals: attribute tracks from videos or CSVs, combined per face region.
+
+A :class:`AttributeTrack` is a timed (N, 20) attribute sequence. :func:`compose` builds
+the per-output-frame attributes of a reenactment from the source's own attributes, a
+main driver, optional part drivers (pose / expression / eyes / mouth / brows) and the
+mode, in relative or absolute terms. Presets and ``--set`` overrides are applied after
+(:mod:`icface_video.controls`).
+
+Length rule: the output follows the *primary* driver's timeline (``--driving``, else the
+first part driver given). Other drivers are sampled at the same times from their own
+start, holding their last value when shorter and cut when longer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from .attributes import NUM_AUS
+from .controls import REGIONS
+from .csvio import read_attributes_csv
+from .smoothing import SmoothConfig, smooth
+from .track import ATTR_UNITS, analyze_media
+
+Mode = Literal["full", "pose", "expression"]
+MODES: tuple[str, ...] = ("full", "pose", "expression")
+PARTS: tuple[str, ...] = ("pose", "expression", "eyes", "mouth", "brows")
+
+
+@dataclass(frozen=True)
+class AttributeTrack:
+    """A timed attribute sequence.
+
+    Attributes:
+        path: where it came from.
+        times: (N,) seconds from the first frame.
+        attrs: (N, 20) AUs 0..5, angles radians, smoothed and gap-filled.
+        success: (N,) bool, where a face was measured.
+        fps: frame rate of the timeline (video's, or estimated from CSV timestamps).
+        is_video: True when decoded from a video (it may carry audio and frames).
+        has_audio: the file has an audio stream.
+    """
+
+    path: str
+    times: np.ndarray
+    attrs: np.ndarray
+    success: np.ndarray
+    fps: float
+    is_video: bool = False
+    has_audio: bool = False
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.times.shape[0])
+
+    def sample(self, times: np.ndarray) -> np.ndarray:
+        """(M, 20) attributes at ``times`` (s), linear in time, held past either end."""
+        t = np.asarray(times, np.float64)
+        out = np.empty((len(t), self.attrs.shape[1]), np.float32)
+        for d in range(self.attrs.shape[1]):
+            out[:, d] = np.interp(t, self.times, self.attrs[:, d])
+        return out
+
+    def reference(self) -> np.ndarray:
+        """(20,) the most neutral frame: least AU activity plus head-angle magnitude.
+
+        Used by relative driving: changes are taken against this frame.
+        """
+        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
+        score = np.where(self.success, score, np.inf)
+        return self.attrs[int(np.argmin(score))].copy()
+
+
+def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig(), face_index: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> AttributeTrack:
+    """Attributes of a driving video or an attribute CSV (ours or OpenFace 2.x).
+
+    A ``.csv`` file is read as attributes (and smoothed with ``smoothing`` too);
+    anything else is decoded and analysed.
+
+    Raises:
+        InputError: unreadable file, bad CSV, or no face in any frame.
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        table = read_attributes_csv(p)
+        attrs = smooth(table.attrs, table.times, smoothing, unit=ATTR_UNITS)
+        attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0, 5)
+        return AttributeTrack(str(p), table.times, attrs, table.success, table.fps)
+    track = analyze_media(p, face_index=face_index, progress=progress)
+    fps = track.info.fps or 25.0
+    return AttributeTrack(str(p), track.times, track.attributes(smoothing), track.success, fps,
+                          is_video=not track.info.is_still, has_audio=track.info.has_audio)
+
+
+def region_columns(region: str) -> np.ndarray:
+    """Column indices (into the 20-vector) of a region: pose, expression, eyes, mouth, brows."""
+    from .controls import attr_index
+
+    return np.array([attr_index(n) for n in REGIONS[region]], np.int64)
+
+
+def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, parts: dict[str, AttributeTrack],
+            mode: Mode = "full", relative: bool = True) -> np.ndarray:
+    """Per-output-frame attributes from the source and the drivers.
+
+    Args:
+        source: (20,) the source photo's attributes, or (N, 20) per output frame for a
+            source clip.
+        times: (N,) output times in seconds.
+        main: the main driver (``--driving``) or None.
+        parts: region name (``PARTS``) -> driver for that region; applied after ``main``
+            in the order pose, expression, brows, eyes, mouth (finer regions win).
+        mode: which regions the main driver drives: ``full`` (all), ``pose``, ``expression``.
+        relative: apply each driver's change from its most neutral frame to the source's
+            own values (keeps the source's face shape and resting expression); else copy
+            the driver's values.
+
+    Returns:
+        (N, 20) float32; AUs clipped to 0..5.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts: unknown region(s) {sorted(unknown)} (expected {PARTS})")
+    n = len(times)
+    base = np.broadcast_to(np.asarray(source, np.float32), (n, source.shape[-1])).copy()
+    out = base.copy()
+
+    def drive(track: AttributeTrack, cols: np.ndarray) -> None:
+        values = track.sample(times)[:, cols]
+        if relative:
+            values = base[:, cols] + (values - track.reference()[cols])
+        out[:, cols] = values
+
+    if main is not None:
+        drive(main, np.arange(base.shape[1]) if mode == "full" else region_columns(mode))
+    for region in ("pose", "expression", "brows", "eyes", "mouth"):
+        if region in parts:
+            drive(parts[region], region_columns(region))
+    out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0.0, 5.0)
+    return out

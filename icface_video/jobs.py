@@ -1,0 +1,140 @@
+"""Reenactment jobs: everything one ``reenact`` / ``animate`` run needs, as plain data.
+
+``icface-video reenact`` builds a :class:`ReenactJob` from its options and calls
+:func:`run_reenact`; ``batch`` (one job per row) reuses the same pieces. Attribute
+planning (:func:`plan_attributes`) is separate from rendering, so it can be tested
+without a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .controls import Op, apply_ops
+from .driving import AttributeTrack, compose, load_track
+from .errors import InputError, UsageError
+from .media import probe
+from .presets import Preset
+from .reenact import RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, render_video
+from .smoothing import SmoothConfig
+
+
+@dataclass
+class ReenactJob:
+    """One reenactment.
+
+    Attributes:
+        source: photo or clip path.
+        output: video path.
+        driving: main driver (video or CSV) or None.
+        parts: region -> driver path (``pose``, ``expression``, ``eyes``, ``mouth``, ``brows``).
+        mode: ``full``, ``pose`` or ``expression`` (what ``driving`` drives).
+        relative: None = relative for photos, absolute for clips.
+        presets: applied in order after driving. sets: ``--set`` ops, applied last.
+        smoothing: temporal smoothing of driver attributes.
+        face_index: which face in the source and the drivers.
+        render: :class:`RenderOptions`.
+    """
+
+    source: str
+    output: str
+    driving: str | None = None
+    parts: dict[str, str] = field(default_factory=dict)
+    mode: str = "full"
+    relative: bool | None = None
+    presets: list[Preset] = field(default_factory=list)
+    sets: list[Op] = field(default_factory=list)
+    smoothing: SmoothConfig = field(default_factory=SmoothConfig)
+    face_index: int = 0
+    render: RenderOptions = field(default_factory=RenderOptions)
+
+
+@dataclass
+class Plan:
+    """Per-output-frame attributes and timing of a job.
+
+    Attributes:
+        source: the prepared still or clip.
+        attrs: (N, 20). times: (N,) s. fps: output rate.
+        audio_from: file to take audio from (None: none). driver_video: for the preview.
+        lost_frames: driver frames where the face was lost (held/interpolated).
+    """
+
+    source: SourceFrame | SourceClip
+    attrs: np.ndarray
+    times: np.ndarray
+    fps: float
+    audio_from: str | None
+    driver_video: str | None
+    lost_frames: int
+
+
+def apply_overrides(attrs: np.ndarray, times: np.ndarray, presets: list[Preset], sets: list[Op],
+                    envelope: np.ndarray | float = 1.0) -> np.ndarray:
+    """Presets (in order, each with its own timeline) then ``--set`` ops, on a (N, 20) track."""
+    out = attrs
+    for preset in presets:
+        out = preset.apply(out, times, envelope)
+    return apply_ops(out, sets) if sets else np.asarray(out, np.float32)
+
+
+def plan_attributes(job: ReenactJob, resolution: int,
+                    progress: Callable[[str, int, int], None] | None = None) -> Plan:
+    """Analyse the source and drivers and compute every output frame's attributes.
+
+    Raises:
+        UsageError: a photo source with no driver.
+        InputError: unreadable inputs, no face in the source, a driver with no face.
+    """
+    def step(name: str):
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    info = probe(job.source)
+    tracks: dict[str, AttributeTrack] = {}
+    for region, path in job.parts.items():
+        tracks[region] = load_track(path, job.smoothing, job.face_index, step(f"analyse {region} driver"))
+    main = load_track(job.driving, job.smoothing, job.face_index, step("analyse driver")) if job.driving else None
+    primary = main or next(iter(tracks.values()), None)
+    if info.is_still:
+        if primary is None:
+            raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver); "
+                             "use `icface-video animate` or `edit` for presets alone")
+        source: SourceFrame | SourceClip = analyze_still(job.source, resolution, job.face_index)
+        base = source.attrs
+    else:
+        source = SourceClip(job.source, resolution, job.face_index, step("analyse source"))
+    if primary is not None:
+        times, fps = primary.times, primary.fps
+    else:
+        times, fps = source.times, source.track.info.fps or 25.0
+    if not info.is_still:
+        idx = np.clip(np.searchsorted(source.times, times + 1e-6, side="right") - 1, 0, len(source.times) - 1)
+        base = source.attrs[idx]
+    relative = job.relative if job.relative is not None else info.is_still
+    attrs = compose(base, times, main, tracks, job.mode, relative) if primary is not None else np.array(base, np.float32)
+    attrs = apply_overrides(attrs, times, job.presets, job.sets)
+    lost = int((~primary.success).sum()) if primary is not None else 0
+    audio_from = None
+    if primary is not None and primary.has_audio:
+        audio_from = primary.path
+    elif primary is None and info.has_audio:
+        audio_from = job.source
+    driver_video = primary.path if primary is not None and primary.is_video else None
+    return Plan(source, attrs, times, fps, audio_from, driver_video, lost)
+
+
+def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Plan and render one job; returns the JSON summary."""
+    plan = plan_attributes(job, model.resolution, progress)
+    result: RenderResult = render_video(
+        model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,
+        audio_from=plan.audio_from, driver_video=plan.driver_video,
+        progress=(lambda d, t: progress("render", d, t)) if progress else None)
+    summary = {k: v for k, v in result.__dict__.items()}
+    summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,
+                   fps=round(plan.fps, 3), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
+    return summary

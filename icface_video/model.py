@@ -1,0 +1,183 @@
+"""Inference API of the ICface generator: load a model, cache a source face, render frames.
+
+A model folder holds ``config.json`` (the :class:`GeneratorConfig` under ``"generator"``,
+plus metadata) and ``generator.safetensors`` (fp16 or fp32 weights); this is what
+``python -m train.export`` writes and what ships in ``icface_video/weights/``. A training
+checkpoint folder (``state.json`` + ``model.safetensors``) also loads: its EMA generator
+is used. Nothing is ever unpickled.
+
+Typical use::
+
+    model = ReenactmentModel.load()                  # the shipped default model
+    cache = model.prepare_source(crop, source_attrs)  # once per source face
+    frames = model.render(cache, driving_attrs)       # (B, 3, R, R) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from icface_video.attributes import NUM_ATTRS
+from icface_video.errors import InputError
+from icface_video.networks import Generator, GeneratorConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "generator.safetensors"
+
+
+@dataclass
+class SourceCache:
+    """The once-per-source state: G_N's output / the encoder's features.
+
+    Attributes:
+        tensors: network-specific cached tensors (batch 1).
+        resolution: side R of the crops this cache renders.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    resolution: int
+
+
+def _check_image(name: str, x: Any, resolution: int, batch: int | None = 1) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != resolution or x.shape[3] != resolution:
+        raise ValueError(f"{name}: expected shape (1, 3, {resolution}, {resolution}), got {tuple(x.shape)}")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{name}: expected batch size {batch}, got {x.shape[0]}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating point tensor in [-1, 1], got {x.dtype}")
+    if x.numel() and (float(x.min()) < -1.001 or float(x.max()) > 1.001):
+        raise ValueError(f"{name}: values must be in [-1, 1], got {float(x.min()):.3f}..{float(x.max()):.3f}")
+    return x
+
+
+def _check_attrs(name: str, a: Any, batch: int | None = None) -> torch.Tensor:
+    if not torch.is_tensor(a):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(a).__name__}")
+    if a.dim() != 2 or a.shape[1] != NUM_ATTRS or a.shape[0] < 1:
+        raise ValueError(f"{name}: expected shape (B, {NUM_ATTRS}) with B >= 1, got {tuple(a.shape)}")
+    if batch is not None and a.shape[0] != batch:
+        raise ValueError(f"{name}: expected batch size {batch}, got {a.shape[0]}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return a.float()
+
+
+class ReenactmentModel:
+    """A loaded ICface generator in eval mode (inference only, no gradients).
+
+    Convention:
+        crops: (1, 3, R, R) float RGB in [-1, 1], R = :attr:`resolution`, aligned like the
+            training crops (whole head, eyes around y = 0.45 R).
+        attributes: (B, 20) float: 17 AU intensities 0..5 (``attributes.AU_NAMES``), then
+            pitch, yaw, roll in radians (``attributes.POSE_NAMES``).
+        outputs: (B, 3, R, R) float32 RGB in [-1, 1] on the model's device.
+    """
+
+    def __init__(self, generator: Generator, meta: dict[str, Any] | None = None) -> None:
+        self.generator = generator.eval().requires_grad_(False)
+        self.config: GeneratorConfig = generator.config
+        self.meta = meta or {}
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device: str | torch.device) -> "ReenactmentModel":
+        self.generator.to(device)
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "ReenactmentModel":
+        """Load an exported model folder or a training checkpoint folder.
+
+        Args:
+            path: folder; None = the shipped default model (``icface_video/weights``).
+            device: torch device for the weights (kept in float32).
+        Raises:
+            InputError: the folder or a file is missing, corrupt or does not fit.
+        """
+        folder = Path(path) if path is not None else WEIGHTS_DIR
+        if not folder.is_dir():
+            raise InputError(folder, "model folder not found")
+        if (folder / CONFIG_NAME).is_file():
+            meta_path, weights_path, prefix = folder / CONFIG_NAME, folder / WEIGHTS_NAME, ""
+        elif (folder / "state.json").is_file():
+            meta_path, weights_path, prefix = folder / "state.json", folder / "model.safetensors", "EMA."
+        else:
+            raise InputError(folder, f"neither {CONFIG_NAME} (exported model) nor state.json (checkpoint) found")
+        try:
+            meta = json.loads(meta_path.read_text())
+            gen = meta["generator"] if prefix == "" else meta["config"]["model"]
+            config = GeneratorConfig.from_dict(gen)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(meta_path, f"unusable model config ({exc})") from exc
+        if not weights_path.is_file():
+            raise InputError(weights_path, "weights file missing")
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise InputError(weights_path, f"corrupt or truncated safetensors file ({exc})") from exc
+        state = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        generator = Generator(config)
+        try:
+            generator.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InputError(weights_path, f"weights do not fit the configured generator ({exc})") from exc
+        return cls(generator.to(device), meta)
+
+    @torch.inference_mode()
+    def prepare_source(self, crop: torch.Tensor, source_attrs: torch.Tensor) -> SourceCache:
+        """Run the once-per-source part (G_N / the encoder) on an aligned source crop.
+
+        Args:
+            crop: (1, 3, R, R) RGB in [-1, 1].
+            source_attrs: (1, 20) the crop's own attributes (AUs 0..5, angles in radians).
+        Returns:
+            A :class:`SourceCache` for :meth:`render` and :meth:`neutralize`.
+        """
+        crop = _check_image("crop", crop, self.resolution)
+        source_attrs = _check_attrs("source_attrs", source_attrs, batch=1)
+        dev = self.device
+        tensors = self.generator.encode(crop.to(dev, torch.float32), source_attrs.to(dev))
+        return SourceCache(tensors, self.resolution)
+
+    def _check_cache(self, cache: Any) -> SourceCache:
+        if not isinstance(cache, SourceCache):
+            raise TypeError(f"cache: expected a SourceCache from prepare_source, got {type(cache).__name__}")
+        if cache.resolution != self.resolution:
+            raise ValueError(f"cache: made for resolution {cache.resolution}, model is {self.resolution}")
+        return cache
+
+    @torch.inference_mode()
+    def render(self, cache: SourceCache, attrs: torch.Tensor) -> torch.Tensor:
+        """Render the cached source with driving attributes.
+
+        Args:
+            cache: from :meth:`prepare_source`.
+            attrs: (B, 20) driving attributes (AUs 0..5, pitch/yaw/roll radians).
+        Returns:
+            (B, 3, R, R) float32 RGB in [-1, 1].
+        """
+        cache = self._check_cache(cache)
+        attrs = _check_attrs("attrs", attrs)
+        return self.generator.render(cache.tensors, attrs.to(self.device))["image"].clamp(-1, 1)
+
+    @torch.inference_mode()
+    def neutralize(self, cache: SourceCache) -> torch.Tensor:
+        """The source's neutral face (zero AUs, zero angles): (1, 3, R, R) RGB in [-1, 1]."""
+        cache = self._check_cache(cache)
+        return self.generator.neutralize(cache.tensors).clamp(-1, 1)

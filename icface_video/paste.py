@@ -1,0 +1,143 @@
+"""Paste-back: warp generated face crops into the full frame and blend them in (kornia).
+
+The crop was cut with the 2x3 matrix ``M`` (full frame -> crop, :mod:`icface_video.align`);
+its inverse carries the generated crop back. Only the face-oval region is replaced, with
+a feathered mask, so pixels far from the face keep their original values exactly.
+Warping is limited to the mask's bounding box in the frame (a region of interest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .align import invert_matrix, transform_points
+
+# MediaPipe face-mesh silhouette, in order around the face (FACEMESH_FACE_OVAL).
+FACE_OVAL: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+
+
+@dataclass(frozen=True)
+class PasteConfig:
+    """Blending settings.
+
+    Attributes:
+        grow: how far the mask extends beyond the face oval, as a fraction of the oval's
+            size (covers the hairline and jaw as the head moves).
+        feather: Gaussian blur sigma of the mask edge, as a fraction of the crop side.
+        color_match: shift the generated face's per-channel mean and spread to the
+            source face's inside the mask (corrects colour drift of the generator).
+    """
+
+    grow: float = 0.12
+    feather: float = 0.03
+    color_match: bool = False
+
+
+def face_mask(landmarks: np.ndarray, size: int, config: PasteConfig = PasteConfig()) -> np.ndarray:
+    """Feathered face-oval mask in crop coordinates.
+
+    Convention:
+        landmarks: (478, 2+) crop pixel coordinates (x right, y down, origin top-left).
+        size: crop side in pixels.
+        returns: (size, size) float32 in 0..1 (1 inside the grown oval).
+    """
+    pts = np.asarray(landmarks, np.float64)[list(FACE_OVAL), :2]
+    centre = pts.mean(axis=0)
+    grown = centre + (pts - centre) * (1.0 + config.grow)
+    mask = np.zeros((size, size), np.float32)
+    cv2.fillPoly(mask, [np.round(grown * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+    sigma = max(config.feather * size, 0.5)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    # Keep the crop's own border out (generated pixels there are padding).
+    border = max(1, int(round(2 * sigma)))
+    ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / border, 0, 1).astype(np.float32)
+    return mask * ramp[:, None] * ramp[None, :]
+
+
+def match_colors(generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean/std transfer inside ``mask``.
+
+    Convention:
+        generated: (B, 3, S, S) float; reference: (1 or B, 3, S, S) same range;
+        mask: (1, 1, S, S) 0..1. returns (B, 3, S, S).
+    """
+    w = mask / mask.sum().clamp_min(1e-6)
+    mu_g = (generated * w).sum((2, 3), keepdim=True)
+    mu_r = (reference * w).sum((2, 3), keepdim=True)
+    sd_g = (((generated - mu_g) ** 2) * w).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-3)
+    sd_r = (((reference - mu_r) ** 2) * w).sum((2, 3), keepdim=True).sqrt()
+    return (generated - mu_g) / sd_g * sd_r + mu_r
+
+
+class PasteBack:
+    """Blend generated crops into full frames, for one crop transform.
+
+    Args:
+        frame_size: (H, W) of the full frame.
+        matrix: (2, 3) full frame -> crop (from :func:`icface_video.align.crop_matrix`).
+        landmarks: (478, 2+) landmarks of the face in full-frame pixels (for the mask).
+        size: crop side in pixels.
+        config: :class:`PasteConfig`.
+    """
+
+    def __init__(self, frame_size: tuple[int, int], matrix: np.ndarray, landmarks: np.ndarray,
+                 size: int, config: PasteConfig = PasteConfig()) -> None:
+        h, w = frame_size
+        self.config = config
+        self.size = size
+        crop_lms = transform_points(landmarks, matrix)
+        mask = face_mask(crop_lms, size, config)
+        self.mask_crop = torch.from_numpy(mask)[None, None]
+        inv = invert_matrix(matrix)
+        # Region of interest: the mask's support mapped into the frame, clipped.
+        ys, xs = np.nonzero(mask > 1e-3)
+        if len(xs) == 0:
+            self.roi = (0, 0, 0, 0)
+            return
+        corners = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.min(), ys.max() + 1], [xs.max() + 1, ys.max() + 1]], np.float32)
+        fc = transform_points(corners, inv)
+        x0, y0 = max(0, int(np.floor(fc[:, 0].min())) - 1), max(0, int(np.floor(fc[:, 1].min())) - 1)
+        x1, y1 = min(w, int(np.ceil(fc[:, 0].max())) + 2), min(h, int(np.ceil(fc[:, 1].max())) + 2)
+        self.roi = (x0, y0, x1, y1)
+        shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
+        roi_inv = (shift @ np.vstack([inv, [0, 0, 1]]))[:2]
+        self.matrix = torch.from_numpy(roi_inv.astype(np.float32))[None]
+        import kornia
+
+        self._warp = kornia.geometry.transform.warp_affine
+        if x1 > x0 and y1 > y0:
+            self.mask_roi = self._warp(self.mask_crop, self.matrix, (y1 - y0, x1 - x0), align_corners=True)
+        else:
+            self.mask_roi = None
+
+    def paste(self, frames: np.ndarray, crops: torch.Tensor, reference: torch.Tensor | None = None) -> np.ndarray:
+        """Blend generated crops into frames.
+
+        Convention:
+            frames: (B, H, W, 3) uint8 RGB (not modified) or (H, W, 3) shared by all.
+            crops: (B, 3, S, S) float RGB in [-1, 1].
+            reference: (1, 3, S, S) the source crop in [-1, 1], for colour matching.
+            returns: (B, H, W, 3) uint8.
+        """
+        b = crops.shape[0]
+        base = np.broadcast_to(frames, (b,) + frames.shape[-3:]) if frames.ndim == 3 else frames
+        out = np.array(base, copy=True)
+        if self.mask_roi is None:
+            return out
+        crops = crops.float()
+        if self.config.color_match and reference is not None:
+            crops = match_colors(crops, reference.float(), self.mask_crop)
+        x0, y0, x1, y1 = self.roi
+        rgb = (crops.clamp(-1, 1) + 1) * 127.5
+        warped = self._warp(rgb, self.matrix.expand(b, 2, 3), (y1 - y0, x1 - x0), align_corners=True)
+        region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
+        blended = region + (warped - region) * self.mask_roi
+        out[:, y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out

@@ -1,0 +1,327 @@
+"""The reenactment pipeline: source face + per-frame attributes -> finished video.
+
+Stages (one module each)::
+
+    media (decode source / driver) -> track (face analysis) -> driving.compose (+ presets,
+    --set) -> model (G_N once per source, G_A per batch of frames) -> paste (kornia warp
+    back into the full frame) -> encode (ffmpeg, audio muxed)
+
+:func:`render_video` streams: memory holds one batch of frames, whatever the length.
+A still source is analysed, cropped and encoded by the network once; a source clip is
+decoded in step with the output and each of its frames is encoded in turn.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from .align import AlignConfig, crop_matrix, landmark_params, warp_crop
+from .attributes import attributes_from_face
+from .encode import EncodeConfig, VideoEncoder, even_size
+from .errors import InputError
+from .face import FaceAnalyzer
+from .media import MediaInfo, iter_frames, probe
+from .outputs import atomic_output
+from .paste import PasteBack, PasteConfig
+from .smoothing import fill_missing
+from .track import FaceTrack, analyze_media
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How frames are rendered and written.
+
+    Attributes:
+        batch_size: frames per generator call.
+        device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
+        crop_only: write the aligned generated crops instead of pasting them back.
+        paste: :class:`PasteConfig` (mask growth, feathering, colour matching).
+        encode: :class:`EncodeConfig` (crf, x264 preset, audio).
+        preview: also write ``<out>.preview.mp4`` (source | driver | result) and
+            ``<out>.contact.png``.
+        overwrite: replace existing outputs.
+    """
+
+    batch_size: int = 8
+    device: str = "auto"
+    crop_only: bool = False
+    paste: PasteConfig = field(default_factory=PasteConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    preview: bool = False
+    overwrite: bool = False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if available, then mps, else cpu; otherwise the named device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class SourceFrame:
+    """One source picture ready for the generator.
+
+    Attributes:
+        rgb: (H, W, 3) uint8 full frame.
+        attrs: (20,) its attributes (AUs 0..5, angles rad).
+        landmarks: (478, 3) full-frame pixels.
+        matrix: (2, 3) full frame -> crop.
+        crop: (1, 3, R, R) float in [-1, 1].
+    """
+
+    rgb: np.ndarray
+    attrs: np.ndarray
+    landmarks: np.ndarray
+    matrix: np.ndarray
+    crop: torch.Tensor
+
+
+def analyze_still(path: str | Path, size: int, face_index: int = 0) -> SourceFrame:
+    """Load a photo (or a clip's first frame), find the face, crop it.
+
+    Raises:
+        InputError: unreadable, or no face.
+    """
+    frame = next(iter_frames(path, max_frames=1))
+    with FaceAnalyzer(mode="image", face_index=face_index) as fa:
+        face = fa.analyze(frame.rgb)
+    if face is None:
+        raise InputError(path, "no face found in the source image")
+    return make_source_frame(frame.rgb, face.landmarks, attributes_from_face(face.blendshapes, face.matrix),
+                             landmark_params(face.landmarks), size)
+
+
+def make_source_frame(rgb: np.ndarray, landmarks: np.ndarray, attrs: np.ndarray, params: np.ndarray,
+                      size: int) -> SourceFrame:
+    align = AlignConfig(size=size)
+    m = crop_matrix(params, align)
+    return SourceFrame(rgb, attrs, landmarks, m, to_tensor(warp_crop(rgb, m, align)))
+
+
+class SourceClip:
+    """A source video whose frames are reenacted in turn, decoded in step with the output.
+
+    For output time t the source frame shown is the last one at or before t; past the
+    source's end its last frame is held (documented rule).
+    """
+
+    def __init__(self, path: str | Path, size: int, face_index: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.path = str(path)
+        self.size = size
+        self.track: FaceTrack = analyze_media(path, face_index=face_index, keep_landmarks=True, progress=progress)
+        t = self.track
+        self.params = t.smoothed_crop_params(AlignConfig(size=size))
+        flat = t.landmarks.reshape(t.num_frames, -1)
+        self.landmarks = fill_missing(np.nan_to_num(flat), t.success, t.times).reshape(t.landmarks.shape)
+        self.attrs = t.attributes()
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.track.times
+
+    def frames_at(self, times: np.ndarray) -> Iterator[tuple[int, SourceFrame]]:
+        """Yield (source frame index, SourceFrame) for each output time, decoding once."""
+        idx = np.clip(np.searchsorted(self.times, np.asarray(times) + 1e-6, side="right") - 1, 0, len(self.times) - 1)
+        stream = iter_frames(self.path)
+        current = None
+        for j in idx:
+            while current is None or current.index < j:
+                nxt = next(stream, None)
+                if nxt is None:
+                    break
+                current = nxt
+            yield int(j), make_source_frame(current.rgb, self.landmarks[j], self.attrs[j], self.params[j], self.size)
+
+
+def _panel(rgb: np.ndarray, height: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    width = max(2, int(round(w * height / h / 2)) * 2)
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+class Preview:
+    """Side-by-side video (source | driver | result) and a contact sheet of a few frames."""
+
+    def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
+                 times: np.ndarray, height: int = 256) -> None:
+        self.video_path = output.with_name(output.stem + ".preview.mp4")
+        self.sheet_path = output.with_name(output.stem + ".contact.png")
+        self.height = height
+        self.fps = fps
+        self.picks = set(np.linspace(0, max(total - 1, 0), num=min(6, total)).round().astype(int).tolist())
+        self.sheet: list[np.ndarray] = []
+        self._driver = iter_frames(driver) if driver else None
+        self._driver_times = times
+        self._driver_frame = None
+        self._ctx = atomic_output(self.video_path, overwrite)
+        self._tmp = None
+        self._enc = None
+        self._overwrite = overwrite
+
+    def _driver_at(self, t: float) -> np.ndarray | None:
+        if self._driver is None:
+            return None
+        while self._driver_frame is None or self._driver_frame.time + 1e-6 < t:
+            nxt = next(self._driver, None)
+            if nxt is None:
+                break
+            self._driver_frame = nxt
+        return self._driver_frame.rgb if self._driver_frame is not None else None
+
+    def add(self, index: int, t: float, source: np.ndarray, result: np.ndarray) -> None:
+        panels = [_panel(source, self.height)]
+        drv = self._driver_at(t)
+        if drv is not None:
+            panels.append(_panel(drv, self.height))
+        panels.append(_panel(result, self.height))
+        row = np.concatenate(panels, axis=1)
+        if self._enc is None:
+            self._tmp = self._ctx.__enter__()
+            self._enc = VideoEncoder(self._tmp, row.shape[1], row.shape[0], self.fps, EncodeConfig(crf=23, preset="veryfast"))
+        self._enc.write(row)
+        if index in self.picks:
+            self.sheet.append(row)
+
+    def close(self, ok: bool) -> None:
+        if self._enc is None:
+            return
+        if ok:
+            self._enc.close()
+            self._ctx.__exit__(None, None, None)
+            with atomic_output(self.sheet_path, self._overwrite) as tmp:
+                sheet = np.concatenate(self.sheet, axis=0) if self.sheet else np.zeros((2, 2, 3), np.uint8)
+                cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        else:
+            self._enc.__exit__(RuntimeError, None, None)
+            self._ctx.__exit__(RuntimeError, RuntimeError("failed"), None)
+
+
+@dataclass
+class RenderResult:
+    """Summary of a finished render (what ``--json`` prints)."""
+
+    output: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio: bool
+    seconds: float
+    preview: str | None = None
+    contact_sheet: str | None = None
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: float,
+                 output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
+                 driver_video: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RenderResult:
+    """Render the per-frame attributes onto the source and write the video.
+
+    Args:
+        model: a loaded :class:`icface_video.model.ReenactmentModel` (on its device).
+        source: a still (:class:`SourceFrame`) or a :class:`SourceClip`.
+        attrs: (N, 20) attributes per output frame (AUs 0..5, angles rad).
+        times: (N,) output frame times in seconds.
+        fps: output frame rate.
+        output: final path (written to a temporary name first).
+        audio_from: file whose audio is muxed in (None: no audio).
+        driver_video: shown in the preview's middle panel.
+    """
+    output = Path(output)
+    n = len(attrs)
+    start = time.perf_counter()
+    stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0}
+    still = isinstance(source, SourceFrame)
+    first = source if still else next(source.frames_at(times[:1]))[1]
+    if options.crop_only:
+        width = height = model.resolution
+    else:
+        width, height = even_size(first.rgb.shape[1], first.rgb.shape[0])
+    dev = model.device
+    half = dev.type == "cuda"
+    cache = model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None]) if still else None
+    paster = None if options.crop_only or not still else PasteBack(first.rgb.shape[:2], first.matrix, first.landmarks, model.resolution, options.paste)
+    preview = Preview(output, fps, n, options.overwrite, driver_video, times) if options.preview else None
+    has_audio = bool(audio_from) and options.encode.audio
+    ok = False
+    try:
+        with atomic_output(output, options.overwrite) as tmp:
+            with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None) as enc:
+                clip_frames = None if still else source.frames_at(times)
+                for b0 in range(0, n, options.batch_size):
+                    b1 = min(n, b0 + options.batch_size)
+                    batch_attrs = torch.from_numpy(np.ascontiguousarray(attrs[b0:b1], np.float32)).to(dev)
+                    t0 = time.perf_counter()
+                    if still:
+                        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                            crops = model.render(cache, batch_attrs).float().cpu()
+                        stages["generator"] += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        if options.crop_only:
+                            frames = to_uint8(crops)
+                        else:
+                            frames = paster.paste(first.rgb, crops, first.crop)
+                        stages["paste"] += time.perf_counter() - t0
+                        sources = [first.rgb] * (b1 - b0)
+                    else:
+                        frames, sources = [], []
+                        for k in range(b0, b1):
+                            ts = time.perf_counter()
+                            _, sf = next(clip_frames)
+                            stages["source"] += time.perf_counter() - ts
+                            tg = time.perf_counter()
+                            c = model.prepare_source(sf.crop, torch.from_numpy(sf.attrs)[None])
+                            crop = model.render(c, batch_attrs[k - b0: k - b0 + 1]).float().cpu()
+                            stages["generator"] += time.perf_counter() - tg
+                            tp = time.perf_counter()
+                            if options.crop_only:
+                                frames.append(to_uint8(crop)[0])
+                            else:
+                                pb = PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
+                                frames.append(pb.paste(sf.rgb, crop, sf.crop)[0])
+                            stages["paste"] += time.perf_counter() - tp
+                            sources.append(sf.rgb)
+                        frames = np.stack(frames)
+                    t0 = time.perf_counter()
+                    for k, frame in enumerate(frames):
+                        enc.write(np.ascontiguousarray(frame[:height, :width]))
+                        if preview is not None:
+                            preview.add(b0 + k, float(times[b0 + k]), sources[k], frame)
+                    stages["encode"] += time.perf_counter() - t0
+                    if progress is not None:
+                        progress(b1, n)
+        ok = True
+    finally:
+        if preview is not None:
+            preview.close(ok)
+    return RenderResult(
+        output=str(output), frames=n, fps=fps, width=width, height=height, audio=has_audio,
+        seconds=time.perf_counter() - start,
+        preview=str(preview.video_path) if preview else None,
+        contact_sheet=str(preview.sheet_path) if preview else None,
+        stage_seconds={k: round(v, 3) for k, v in stages.items()},
+    )

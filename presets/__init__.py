@@ -1,0 +1,1 @@
+"""Shipped expression and pose presets (TOML files); see icface_video/presets.py for the format."""
