@@ -463,6 +463,86 @@ def presets_validate(files) -> None:
         click.echo(f"{f}: ok")
 
 
+# -- batch -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("jobs_file", required=False, type=click.Path(path_type=str))
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder.")
+@click.option("--source", "source_glob", help="Shorthand: source files glob (quote it), with --driving.")
+@click.option("--driving", "driving_glob", help="Shorthand: driving files glob; every source x driver pair.")
+@click.option("--zip", "zip_pairs", is_flag=True, help="Shorthand: pair sources and drivers in sorted order.")
+@click.option("--jobs", "workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+@click.option("--resume", is_flag=True, help="Skip jobs whose output is complete and whose inputs/options are unchanged.")
+@click.option("--shard", help="K/N: run only this deterministic share of the jobs (1-based).")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid jobs even when some rows are invalid.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved jobs (one JSON line each) and exit.")
+@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per finished job on stdout.")
+def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resume, shard, skip_invalid, dry_run,
+          model_path, device, quiet, as_json) -> None:
+    """Run many reenactment jobs from JOBS_FILE (CSV, JSONL or TOML), or from globs.
+
+    Exit codes: 0 all jobs done, 4 some jobs failed (see OUTDIR/report.json),
+    2 usage error, 3 invalid job file (every bad row is reported; nothing runs).
+    """
+    from pathlib import Path
+
+    from . import batch as B
+
+    if bool(jobs_file) == bool(source_glob or driving_glob):
+        raise UsageError("give either JOBS_FILE or --source GLOB --driving GLOB")
+    if (source_glob is None) != (driving_glob is None):
+        raise UsageError("--source and --driving go together")
+    shard_kn = B.parse_shard(shard)
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--outdir {outdir}: not a folder")
+    if jobs_file:
+        rows = B.read_rows(Path(jobs_file))
+        base = Path(jobs_file).resolve().parent
+    else:
+        rows = B.pairs_from_globs(source_glob, driving_glob, zip_pairs)
+        base = Path.cwd()
+    specs, problems = B.validate(rows, base, out.resolve())
+    if problems:
+        for pr in problems:
+            click.echo(f"icface-video: error: {jobs_file or 'jobs'}: {pr}", err=True)
+        if not skip_invalid:
+            from .errors import InputError
+
+            raise InputError(jobs_file or "jobs", f"{len(problems)} problem(s) in {len({p.row for p in problems})} row(s); nothing was run")
+    specs = [s for s in specs if B.in_shard(s, shard_kn)]
+    if dry_run:
+        for line in B.iter_dry_run(specs):
+            click.echo(line)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in specs if not (resume and B.is_complete(out, s))]
+    skipped = len(specs) - len(todo)
+    show = not quiet and not as_json and sys.stderr.isatty()
+    done_count = [0, 0]
+
+    def on_done(entry: dict) -> None:
+        done_count[0 if entry["status"] == "done" else 1] += 1
+        if as_json:
+            click.echo(json.dumps(entry))
+        elif show:
+            click.echo(f"[{sum(done_count)}/{len(todo)}] {entry['status']}: {entry['output']}"
+                       + (f" ({entry['error']})" if entry.get("error") else ""), err=True)
+
+    result = B.run_batch(todo, out, workers, model_path, device, on_done) if todo else None
+    report = B.write_report(out) if result is None else result.report
+    failed = result.failed if result else 0
+    if not quiet and not as_json:
+        click.echo(f"batch: {result.done if result else 0} done, {failed} failed, {skipped} already complete; "
+                   f"report {report}", err=True)
+    if failed:
+        raise click.exceptions.Exit(B.EXIT_SOME_FAILED)
+
+
 # -- entry point --------------------------------------------------------------------
 
 

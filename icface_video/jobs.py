@@ -82,8 +82,33 @@ def apply_overrides(attrs: np.ndarray, times: np.ndarray, presets: list[Preset],
     return apply_ops(out, sets) if sets else np.asarray(out, np.float32)
 
 
+class AnalysisCache:
+    """Memo of analysed sources and drivers, so a batch analyses each file once.
+
+    Keys include the file's size and mtime, so a changed file is analysed again.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, object] = {}
+
+    @staticmethod
+    def _key(kind: str, path: str, *extra: object) -> tuple:
+        st = Path(path).stat()
+        return (kind, str(Path(path).resolve()), st.st_size, st.st_mtime_ns, *extra)
+
+    def get(self, kind: str, path: str, make: Callable[[], object], *extra: object) -> object:
+        try:
+            key = self._key(kind, path, *extra)
+        except OSError:
+            return make()  # let the maker raise its own clear error
+        if key not in self._items:
+            self._items[key] = make()
+        return self._items[key]
+
+
 def plan_attributes(job: ReenactJob, resolution: int,
-                    progress: Callable[[str, int, int], None] | None = None) -> Plan:
+                    progress: Callable[[str, int, int], None] | None = None,
+                    cache: AnalysisCache | None = None) -> Plan:
     """Analyse the source and drivers and compute every output frame's attributes.
 
     Raises:
@@ -93,17 +118,24 @@ def plan_attributes(job: ReenactJob, resolution: int,
     def step(name: str):
         return (lambda done, total: progress(name, done, total)) if progress else None
 
+    memo = cache or AnalysisCache()
+
+    def track_of(path: str, label: str) -> AttributeTrack:
+        return memo.get("track", path, lambda: load_track(path, job.smoothing, job.face_index, step(label)),
+                        job.smoothing, job.face_index)
+
     info = probe(job.source)
     tracks: dict[str, AttributeTrack] = {}
     for region, path in job.parts.items():
-        tracks[region] = load_track(path, job.smoothing, job.face_index, step(f"analyse {region} driver"))
-    main = load_track(job.driving, job.smoothing, job.face_index, step("analyse driver")) if job.driving else None
+        tracks[region] = track_of(path, f"analyse {region} driver")
+    main = track_of(job.driving, "analyse driver") if job.driving else None
     primary = main or next(iter(tracks.values()), None)
     if info.is_still:
         if primary is None:
             raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver); "
                              "use `icface-video animate` or `edit` for presets alone")
-        source: SourceFrame | SourceClip = analyze_still(job.source, resolution, job.face_index)
+        source: SourceFrame | SourceClip = memo.get(
+            "still", job.source, lambda: analyze_still(job.source, resolution, job.face_index), resolution, job.face_index)
         base = source.attrs
     else:
         source = SourceClip(job.source, resolution, job.face_index, step("analyse source"))
@@ -127,13 +159,25 @@ def plan_attributes(job: ReenactJob, resolution: int,
     return Plan(source, attrs, times, fps, audio_from, driver_video, lost)
 
 
-def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Plan and render one job; returns the JSON summary."""
-    plan = plan_attributes(job, model.resolution, progress)
+def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None,
+                cache: AnalysisCache | None = None) -> dict:
+    """Plan and render one job; returns the JSON summary.
+
+    ``cache`` (optional) keeps analysed sources/drivers and the network's encoding of
+    still sources between jobs (``batch``).
+    """
+    plan = plan_attributes(job, model.resolution, progress, cache)
+    source_cache = None
+    if isinstance(plan.source, SourceFrame):
+        import torch
+
+        still = plan.source
+        encode = lambda: model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])  # noqa: E731
+        source_cache = cache.get("encoded", job.source, encode, job.face_index) if cache else None
     result: RenderResult = render_video(
         model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,
         audio_from=plan.audio_from, driver_video=plan.driver_video,
-        progress=(lambda d, t: progress("render", d, t)) if progress else None)
+        progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache)
     summary = {k: v for k, v in result.__dict__.items()}
     summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,
                    fps=round(plan.fps, 3), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))

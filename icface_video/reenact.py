@@ -238,7 +238,7 @@ class RenderResult:
 def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: float,
                  output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
                  driver_video: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> RenderResult:
+                 progress: Callable[[int, int], None] | None = None, source_cache=None) -> RenderResult:
     """Render the per-frame attributes onto the source and write the video.
 
     Args:
@@ -250,6 +250,7 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         output: final path (written to a temporary name first).
         audio_from: file whose audio is muxed in (None: no audio).
         driver_video: shown in the preview's middle panel.
+        source_cache: a still source's :meth:`model.prepare_source` result, if already made.
     """
     output = Path(output)
     n = len(attrs)
@@ -263,7 +264,9 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         width, height = even_size(first.rgb.shape[1], first.rgb.shape[0])
     dev = model.device
     half = dev.type == "cuda"
-    cache = model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None]) if still else None
+    cache = None
+    if still:
+        cache = source_cache or model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None])
     paster = None if options.crop_only or not still else PasteBack(first.rgb.shape[:2], first.matrix, first.landmarks, model.resolution, options.paste)
     preview = Preview(output, fps, n, options.overwrite, driver_video, times) if options.preview else None
     has_audio = bool(audio_from) and options.encode.audio

@@ -1,0 +1,498 @@
+"""``icface-video batch``: many reenactment jobs, validated first, parallel, resumable, shardable.
+
+Job file formats (one job per row / line / table): CSV with a header, JSONL, or TOML with
+``[[job]]`` tables. Fields (``FIELDS``) are ``reenact``'s options: ``source``, ``driving``,
+``output``, ``preset`` and ``set`` (several separated by ``;`` in CSV, or lists), ``mode``,
+``relative``, part drivers ``pose_from`` ... ``brows_from``, smoothing, render options.
+Relative input paths resolve against the job file's folder; relative outputs against
+OUTDIR; a job without ``output`` gets a deterministic name from its inputs and options.
+
+State (for ``--resume``): one small JSON file per finished job under
+``OUTDIR/.icface-batch/``, written after the output was renamed into place, holding the
+inputs' sizes and mtimes and a hash of the options. Shards share OUTDIR safely: every
+file a job writes is its own, and ``report.json`` is rebuilt from the state files
+under a file lock.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import signal
+import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .controls import parse_set
+from .driving import MODES
+from .errors import IcfaceError, InputError, UsageError
+from .smoothing import SMOOTH_METHODS
+
+EXIT_SOME_FAILED = 4
+
+PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
+FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
+          "smooth", "smooth_strength", "face_index", "crop_only", "color_match", "crf", "x264_preset",
+          "no_audio", "preview", "batch_size")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+STATE_DIR = ".icface-batch"
+
+
+@dataclass
+class JobSpec:
+    """A validated job row.
+
+    Attributes:
+        row: 1-based row number in the job file (for messages).
+        fields: normalised values (paths absolute, lists for preset/set).
+        output: absolute output path.
+    """
+
+    row: int
+    fields: dict
+    output: str
+
+    @property
+    def key(self) -> str:
+        return self.output
+
+    def inputs(self) -> list[str]:
+        paths = [self.fields["source"]] + [self.fields[k] for k in ("driving", *PART_FIELDS) if self.fields.get(k)]
+        for p in self.fields.get("preset", []):
+            if Path(p).is_file():
+                paths.append(p)
+        return paths
+
+    def options_hash(self) -> str:
+        opts = {k: v for k, v in sorted(self.fields.items()) if k not in ("source", "driving", *PART_FIELDS)}
+        return hashlib.sha256(json.dumps(opts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> dict:
+        """Inputs (path, size, mtime) and options hash: what makes a finished output current."""
+        files = []
+        for p in self.inputs():
+            st = os.stat(p)
+            files.append([p, st.st_size, st.st_mtime_ns])
+        return {"inputs": files, "options": self.options_hash()}
+
+
+@dataclass
+class Problem:
+    row: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}: {self.field}: {self.reason}"
+
+
+# -- reading job files -----------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(row number, raw dict) pairs from a CSV, JSONL or TOML job file.
+
+    Raises:
+        InputError: unreadable or malformed file.
+    """
+    if not path.is_file():
+        raise InputError(path, "no such job file")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read job file ({exc.__class__.__name__})") from None
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
+        rows = []
+        for n, row in enumerate(reader, start=2):
+            if None in row:
+                raise InputError(path, f"line {n}: more values than header columns")
+            clean = {k.strip(): v.strip() for k, v in row.items() if k is not None and v is not None and v.strip() != ""}
+            if clean:
+                rows.append((n, clean))
+        return rows
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"line {n}: not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(path, f"line {n}: expected a JSON object")
+            rows.append((n, obj))
+        return rows
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(path, f"TOML syntax error: {exc}") from None
+        if set(data) - {"job"}:
+            raise InputError(path, "expected only [[job]] tables")
+        return [(i, j) for i, j in enumerate(data.get("job", []), start=1)]
+    raise InputError(path, "job file must end in .csv, .jsonl or .toml")
+
+
+def _as_list(value) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value).split(";") if v.strip()]
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def default_output(fields: dict) -> str:
+    """Deterministic output name: <source>__<driver>[__<presets>]__<hash of everything>.mp4."""
+    stem = Path(fields["source"]).stem
+    drv = fields.get("driving") or next((fields[k] for k in PART_FIELDS if fields.get(k)), None)
+    parts = [stem] + ([Path(drv).stem] if drv else []) + [Path(p).stem for p in fields.get("preset", [])]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = "__".join(parts)[:100]
+    return f"{name}__{digest}.mp4"
+
+
+def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[list[JobSpec], list[Problem]]:
+    """Check every row; returns the good jobs and every problem found (nothing is run)."""
+    from . import presets as P
+    from .media import probe
+
+    jobs: list[JobSpec] = []
+    problems: list[Problem] = []
+    probed: dict[str, str | None] = {}
+
+    def check_media(path: str) -> str | None:
+        if path not in probed:
+            if path.lower().endswith(".csv"):
+                probed[path] = None if Path(path).is_file() else "no such file"
+            else:
+                try:
+                    probe(path)
+                    probed[path] = None
+                except InputError as exc:
+                    probed[path] = exc.problem
+        return probed[path]
+
+    for row, raw in rows:
+        bad = [Problem(row, k, f"unknown field (expected {', '.join(FIELDS)})") for k in raw if k not in FIELDS]
+        f: dict = {}
+        for key in ("source", "driving", *PART_FIELDS):
+            value = raw.get(key)
+            if value in (None, ""):
+                continue
+            p = Path(str(value)).expanduser()
+            f[key] = str((p if p.is_absolute() else base / p).resolve())
+            problem = check_media(f[key])
+            if problem:
+                bad.append(Problem(row, key, f"{value}: {problem}"))
+        if "source" not in f and not any(b.field == "source" for b in bad):
+            bad.append(Problem(row, "source", "missing"))
+        try:
+            f["preset"] = _as_list(raw.get("preset"))
+            resolved = []
+            for name in f["preset"]:
+                candidate = name if (name.endswith(".toml") or "/" in name) else None
+                target = str((base / candidate).resolve()) if candidate and not Path(candidate).is_absolute() else (candidate or name)
+                P.load(target)
+                resolved.append(target)
+            f["preset"] = resolved
+        except IcfaceError as exc:
+            bad.append(Problem(row, "preset", str(exc)))
+        try:
+            f["set"] = _as_list(raw.get("set"))
+            for expr in f["set"]:
+                parse_set(expr)
+        except IcfaceError as exc:
+            bad.append(Problem(row, "set", str(exc)))
+        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS}
+        for key, allowed in choices.items():
+            if key in raw:
+                if str(raw[key]) not in allowed:
+                    bad.append(Problem(row, key, f"expected one of {', '.join(allowed)}, got {raw[key]!r}"))
+                else:
+                    f[key] = str(raw[key])
+        numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "crf": (int, 0, 51),
+                   "batch_size": (int, 1, 256)}
+        for key, (kind, lo, hi) in numbers.items():
+            if key in raw:
+                try:
+                    value = kind(raw[key])
+                    if not lo <= value <= hi:
+                        raise ValueError
+                    f[key] = value
+                except (TypeError, ValueError):
+                    bad.append(Problem(row, key, f"expected a number within {lo}..{hi}, got {raw[key]!r}"))
+        for key in ("relative", "crop_only", "color_match", "no_audio", "preview"):
+            if key in raw:
+                try:
+                    f[key] = _as_bool(raw[key])
+                except ValueError as exc:
+                    bad.append(Problem(row, key, str(exc)))
+        if "source" in f and not bad:
+            try:
+                if probe(f["source"]).is_still and not f.get("driving") and not any(f.get(k) for k in PART_FIELDS):
+                    bad.append(Problem(row, "driving", "a photo source needs driving (or a part driver)"))
+            except InputError:
+                pass
+        if bad:
+            problems.extend(bad)
+            continue
+        out = raw.get("output")
+        if out:
+            p = Path(str(out)).expanduser()
+            output = str(p if p.is_absolute() else (outdir / p).resolve())
+        else:
+            output = str((outdir / default_output(f)).resolve())
+        jobs.append(JobSpec(row, f, output))
+    seen: dict[str, int] = {}
+    for job in jobs:
+        if job.output in seen:
+            problems.append(Problem(job.row, "output", f"same output as row {seen[job.output]}: {job.output}"))
+        seen.setdefault(job.output, job.row)
+    return jobs, problems
+
+
+def pairs_from_globs(source_glob: str, driving_glob: str, zip_pairs: bool) -> list[tuple[int, dict]]:
+    """Rows for the ``--source GLOB --driving GLOB`` shorthand (every pair, or zipped in order)."""
+    sources = sorted(glob.glob(source_glob))
+    drivers = sorted(glob.glob(driving_glob))
+    if not sources:
+        raise UsageError(f"--source {source_glob!r}: matches no file")
+    if not drivers:
+        raise UsageError(f"--driving {driving_glob!r}: matches no file")
+    if zip_pairs:
+        if len(sources) != len(drivers):
+            raise UsageError(f"--zip: {len(sources)} sources but {len(drivers)} drivers")
+        combos = list(zip(sources, drivers))
+    else:
+        combos = [(s, d) for s in sources for d in drivers]
+    return [(i, {"source": s, "driving": d}) for i, (s, d) in enumerate(combos, start=1)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text!r}: K must be within 1..N")
+    return k, n
+
+
+def in_shard(job: JobSpec, shard: tuple[int, int] | None) -> bool:
+    """Deterministic split by a hash of the output path: the same job always lands in the same shard."""
+    if shard is None:
+        return True
+    k, n = shard
+    h = int(hashlib.sha256(job.output.encode()).hexdigest()[:12], 16)
+    return h % n == k - 1
+
+
+# -- state and report --------------------------------------------------------------------
+
+
+def _state_path(outdir: Path, job: JobSpec) -> Path:
+    name = hashlib.sha256(job.output.encode()).hexdigest()[:20]
+    return outdir / STATE_DIR / f"{name}.json"
+
+
+def is_complete(outdir: Path, job: JobSpec) -> bool:
+    """True when the output exists and its recorded inputs and options are unchanged."""
+    sp = _state_path(outdir, job)
+    if not (Path(job.output).is_file() and sp.is_file()):
+        return False
+    try:
+        state = json.loads(sp.read_text())
+        return state.get("status") == "done" and state.get("fingerprint") == job.fingerprint() \
+            and state.get("output_size") == Path(job.output).stat().st_size
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def record(outdir: Path, job: JobSpec, entry: dict) -> None:
+    """Write a job's state file atomically."""
+    sp = _state_path(outdir, job)
+    sp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = sp.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, sp)
+
+
+def write_report(outdir: Path) -> Path:
+    """Rebuild OUTDIR/report.json from every job's state file (under a lock: shards share it)."""
+    state_dir = outdir / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = []
+        for sp in sorted(state_dir.glob("*.json")):
+            try:
+                entries.append(json.loads(sp.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        entries.sort(key=lambda e: (e.get("row", 0), e.get("output", "")))
+        report = {"jobs": len(entries), "done": sum(e["status"] == "done" for e in entries),
+                  "failed": sum(e["status"] == "failed" for e in entries), "entries": entries}
+        tmp = outdir / f".report.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, outdir / "report.json")
+    return outdir / "report.json"
+
+
+def _remove_stale_temps(output: str) -> None:
+    """Temporary files a killed run left for this output (``.<stem>.*.part<suffix>``)."""
+    p = Path(output)
+    for tmp in p.parent.glob(f".{glob.escape(p.stem)}.*.part{p.suffix}"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def to_reenact_job(spec: JobSpec):
+    """The :class:`icface_video.jobs.ReenactJob` of a validated row."""
+    from . import presets as P
+    from .encode import EncodeConfig
+    from .jobs import ReenactJob
+    from .paste import PasteConfig
+    from .reenact import RenderOptions
+    from .smoothing import SmoothConfig
+
+    f = spec.fields
+    parts = {k[: -len("_from")]: f[k] for k in PART_FIELDS if f.get(k)}
+    render = RenderOptions(batch_size=f.get("batch_size", 8), crop_only=f.get("crop_only", False),
+                           paste=PasteConfig(color_match=f.get("color_match", False)),
+                           encode=EncodeConfig(crf=f.get("crf", 18), preset=f.get("x264_preset", "medium"),
+                                               audio=not f.get("no_audio", False)),
+                           preview=f.get("preview", False), overwrite=True)
+    return ReenactJob(source=f["source"], output=spec.output, driving=f.get("driving"), parts=parts,
+                      mode=f.get("mode", "full"), relative=f.get("relative"),
+                      presets=[P.load(n) for n in f.get("preset", [])], sets=[parse_set(s) for s in f.get("set", [])],
+                      smoothing=SmoothConfig(f.get("smooth", "gaussian"), f.get("smooth_strength", 1.0)),
+                      face_index=f.get("face_index", 0), render=render)
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(model_path: str | None, device: str, threads: int) -> None:
+    import torch
+
+    from .model import ReenactmentModel
+    from .reenact import pick_device
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    torch.set_num_threads(max(1, threads))
+    _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
+    from .jobs import AnalysisCache
+
+    _WORKER["cache"] = AnalysisCache()
+
+
+def run_unit(specs: list[JobSpec], outdir: str) -> list[dict]:
+    """Run jobs that share a source, in one worker (the source is analysed and encoded once)."""
+    import time
+
+    from .jobs import run_reenact
+
+    results = []
+    for spec in specs:
+        start = time.perf_counter()
+        entry = {"row": spec.row, "output": spec.output, "source": spec.fields["source"],
+                 "driving": spec.fields.get("driving")}
+        try:
+            _remove_stale_temps(spec.output)
+            fingerprint = spec.fingerprint()
+            summary = run_reenact(to_reenact_job(spec), _WORKER["model"], cache=_WORKER["cache"])
+            entry.update(status="done", frames=summary["frames"], seconds=round(time.perf_counter() - start, 3),
+                         error=None, fingerprint=fingerprint, output_size=Path(spec.output).stat().st_size)
+        except IcfaceError as exc:
+            entry.update(status="failed", frames=0, seconds=round(time.perf_counter() - start, 3), error=str(exc))
+        except Exception as exc:  # isolate the failure: record it, go on with the batch
+            entry.update(status="failed", frames=0, seconds=round(time.perf_counter() - start, 3),
+                         error=f"internal error: {type(exc).__name__}: {exc}")
+        record(Path(outdir), spec, entry)
+        results.append(entry)
+    return results
+
+
+@dataclass
+class BatchResult:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    entries: list = field(default_factory=list)
+    report: str = ""
+
+
+def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str | None, device: str,
+              on_done: Callable[[dict], None] | None = None) -> BatchResult:
+    """Run jobs grouped by source over ``workers`` processes; returns counts and entries."""
+    units: dict[str, list[JobSpec]] = {}
+    for job in jobs:
+        units.setdefault(job.fields["source"], []).append(job)
+    # Keep a source's jobs together (analysed and encoded once), but split the biggest
+    # groups while there are fewer groups than workers, so every worker has work.
+    groups = sorted(units.values(), key=len, reverse=True)
+    while len(groups) < workers and len(groups[0]) > 1:
+        big = groups.pop(0)
+        half = (len(big) + 1) // 2
+        groups = sorted(groups + [big[:half], big[half:]], key=len, reverse=True)
+    result = BatchResult()
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_worker_init,
+                             initargs=(model_path, device, threads)) as pool:
+        futures = [pool.submit(run_unit, g, str(outdir)) for g in groups]
+        try:
+            for fut in as_completed(futures):
+                for entry in fut.result():
+                    result.entries.append(entry)
+                    if entry["status"] == "done":
+                        result.done += 1
+                    else:
+                        result.failed += 1
+                    if on_done:
+                        on_done(entry)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            raise
+    result.report = str(write_report(outdir))
+    return result
+
+
+def iter_dry_run(jobs: list[JobSpec]) -> Iterator[str]:
+    for job in jobs:
+        f = job.fields
+        extras = {k: v for k, v in f.items() if k not in ("source", "driving") and v not in ([], None)}
+        yield json.dumps({"row": job.row, "source": f["source"], "driving": f.get("driving"),
+                          "output": job.output, **extras})
