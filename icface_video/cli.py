@@ -550,8 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI, turning every failure into one line on stderr and an exit code."""
     prog = "icface-video"
     try:
-        cli.main(args=argv, prog_name=prog, standalone_mode=False)
-        return 0
+        # In non-standalone mode Click returns the code of a ``click.exceptions.Exit``.
+        code = cli.main(args=argv, prog_name=prog, standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:

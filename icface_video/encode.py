@@ -55,12 +55,14 @@ class EncodeConfig:
 class VideoEncoder:
     """Pipe (H, W, 3) uint8 RGB frames into ffmpeg -> yuv420p H.264 MP4.
 
-    Width and height must be even (yuv420p); :func:`even_size` rounds down.
+    Width and height must be even (yuv420p); :func:`even_size` rounds down. ``duration``
+    (seconds) cuts the copied audio to the video's length.
     Use as a context manager; on error the ffmpeg process is killed.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float,
-                 config: EncodeConfig = EncodeConfig(), audio_from: str | Path | None = None) -> None:
+                 config: EncodeConfig = EncodeConfig(), audio_from: str | Path | None = None,
+                 duration: float | None = None) -> None:
         import ffmpeg
 
         if width % 2 or height % 2 or width <= 0 or height <= 0:
@@ -74,9 +76,11 @@ class VideoEncoder:
         out_args = dict(vcodec="libx264", pix_fmt="yuv420p", crf=config.crf, preset=config.preset,
                         movflags="+faststart")
         if audio_from is not None and config.audio:
-            audio = ffmpeg.input(str(audio_from)).audio
+            # Audio is cut at the video's duration; if it is shorter, the video goes on silent
+            # (never -shortest: that would drop video frames).
+            audio = (ffmpeg.input(str(audio_from), t=f"{duration:.6f}") if duration else ffmpeg.input(str(audio_from))).audio
             streams.append(audio)
-            out_args.update(acodec="aac", shortest=None)
+            out_args.update(acodec="aac")
         stream = ffmpeg.output(*streams, str(path), format="mp4", **out_args).global_args(
             "-hide_banner", "-loglevel", "error", "-nostdin")
         cmd = stream.overwrite_output().compile(cmd=ffmpeg_exe())

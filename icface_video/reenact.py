@@ -273,7 +273,8 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     ok = False
     try:
         with atomic_output(output, options.overwrite) as tmp:
-            with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None) as enc:
+            with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None,
+                              duration=n / fps) as enc:
                 clip_frames = None if still else source.frames_at(times)
                 for b0 in range(0, n, options.batch_size):
                     b1 = min(n, b0 + options.batch_size)
