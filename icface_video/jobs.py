@@ -166,7 +166,11 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     ``cache`` (optional) keeps analysed sources/drivers and the network's encoding of
     still sources between jobs (``batch``).
     """
+    import time
+
+    start = time.perf_counter()
     plan = plan_attributes(job, model.resolution, progress, cache)
+    analysis_seconds = time.perf_counter() - start
     source_cache = None
     if isinstance(plan.source, SourceFrame):
         import torch
@@ -179,6 +183,7 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
         audio_from=plan.audio_from, driver_video=plan.driver_video,
         progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache)
     summary = {k: v for k, v in result.__dict__.items()}
+    summary["stage_seconds"] = {"analysis": round(analysis_seconds, 3), **result.stage_seconds}
     summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,
                    fps=round(plan.fps, 3), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
     return summary
