@@ -1,67 +1,114 @@
 """The README's built-in example: ``python -m icface_video.demo`` (``make demo``).
 
-Needs no data from outside the installed packages: it takes the astronaut photo that
-scikit-image ships, makes a short clip in which the head rolls and the camera zooms
-(a known in-plane motion), and runs ``icface-video extract`` on it. The extracted
-roll angle must follow the rotation that was applied; the demo prints both.
+Needs no data beyond the installed packages: the source is the astronaut photo that
+scikit-image ships. It writes a keyframe file (smile, head turn, blink, surprise), runs
+``icface-video animate`` with the shipped model to make a reenacted video with a preview,
+then ``icface-video extract`` on the result and prints how the measured attributes
+followed the keyframes.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+KEYFRAMES = """\
+# Keyframes for the demo: times in seconds; AUs 0-5; angles in degrees or radians.
+[[key]]
+time = 0.0
+AU12 = 0
+AU06 = 0
+yaw = "0deg"
+AU45 = 0
+AU01 = 0
+AU26 = 0
 
-def make_roll_clip(path: Path, seconds: float = 3.0, fps: float = 25.0, max_roll_deg: float = 15.0) -> np.ndarray:
-    """Write the synthetic clip; returns the applied roll per frame in degrees (N,)."""
-    from skimage import data
+[[key]]
+time = 1.0
+AU12 = 4.5
+AU06 = 3.5
 
-    from .encode import VideoEncoder
+[[key]]
+time = 1.6
+yaw = "15deg"
+AU45 = 0
 
-    photo = data.astronaut()  # (512, 512, 3) uint8 RGB, shipped inside scikit-image
-    h, w = photo.shape[:2]
-    centre = (w * 0.47, h * 0.3)  # about the face
-    n = int(round(seconds * fps))
-    rolls = max_roll_deg * np.sin(np.linspace(0, 2 * math.pi, n))
-    with VideoEncoder(path, w, h, fps) as enc:
-        for i, roll in enumerate(rolls):
-            zoom = 1.0 + 0.1 * math.sin(math.pi * i / n)
-            m = cv2.getRotationMatrix2D(centre, float(roll), zoom)
-            enc.write(cv2.warpAffine(photo, m, (w, h), borderMode=cv2.BORDER_REFLECT))
-    return rolls
+[[key]]
+time = 1.8
+AU45 = 5
+
+[[key]]
+time = 2.0
+AU45 = 0
+AU12 = 4.5
+AU01 = 0
+AU26 = 0
+
+[[key]]
+time = 2.8
+AU12 = 0
+AU06 = 0
+AU01 = 4.5
+AU26 = 4
+yaw = "-10deg"
+
+[[key]]
+time = 3.5
+AU01 = 0
+AU26 = 0
+yaw = "0deg"
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m icface_video.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/demo"))
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    clip = args.out / "astronaut_roll.mp4"
-    table = args.out / "astronaut_roll.csv"
-    applied = make_roll_clip(clip)
+    from skimage import data
+
     from .cli import main as cli_main
     from .csvio import read_attributes_csv
+    from .media import load_image
 
-    code = cli_main(["extract", str(clip), "-o", str(table), "--overwrite", "--landmarks"])
+    photo = args.out / "astronaut.png"
+    import cv2
+
+    cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    keys = args.out / "keys.toml"
+    keys.write_text(KEYFRAMES)
+    video = args.out / "astronaut_animated.mp4"
+    model = ["--model", args.model] if args.model else []
+    code = cli_main(["animate", "-s", str(photo), "--keyframes", str(keys), "-o", str(video), "--overwrite",
+                     "--preview", "--quiet", *model])
     if code:
         return code
-    result = read_attributes_csv(table)
-    measured = np.degrees(result.attrs[:, 19])
-    # cv2 turns the picture counter-clockwise for positive angles; roll > 0 is clockwise
-    # in the image (OpenFace camera frame, y down), so roll should follow -applied.
-    change = measured - measured[0]
-    corr = float(np.corrcoef(-applied, measured)[0, 1])
-    err = float(np.abs(change - (-applied + applied[0])).mean())
-    print(f"clip:  {clip}  ({len(applied)} frames)")
-    print(f"table: {table}")
-    print(f"applied rotation  {applied.min():+.1f} .. {applied.max():+.1f} deg counter-clockwise")
-    print(f"measured roll     {measured.min():+.1f} .. {measured.max():+.1f} deg (clockwise positive)")
-    print(f"roll follows the rotation: correlation {corr:+.3f}, mean error of the change {err:.2f} deg")
+    table = args.out / "astronaut_animated.csv"
+    code = cli_main(["extract", str(video), "-o", str(table), "--overwrite", "--quiet"])
+    if code:
+        return code
+    measured = read_attributes_csv(table)
+    t = measured.times
+    a = measured.attrs
+
+    def at(sec: float, col: int) -> float:
+        return float(a[int(np.argmin(np.abs(t - sec))), col])
+
+    size = load_image(video).shape
+    print(f"source:   {photo} (scikit-image's astronaut)")
+    print(f"keys:     {keys}")
+    print(f"output:   {video} ({measured.num_frames} frames, {size[1]}x{size[0]})")
+    print(f"preview:  {video.with_name(video.stem + '.preview.mp4')} and {video.with_name(video.stem + '.contact.png')}")
+    print(f"measured: {table}")
+    print("measured on the output (keyframe target in brackets):")
+    print(f"  AU12 smile  t=0.0 s {at(0.0, 8):.2f} [0]   t=1.3 s {at(1.3, 8):.2f} [4.5]")
+    print(f"  yaw         t=0.0 s {np.degrees(at(0.0, 18)):+.1f} deg   t=1.6 s {np.degrees(at(1.6, 18)):+.1f} deg [+15 from the photo's]")
+    print(f"  AU45 blink  t=1.8 s {at(1.8, 16):.2f} [5]")
+    print(f"  AU26 jaw    t=2.8 s {at(2.8, 15):.2f} [4]")
     return 0
 
 

@@ -163,7 +163,7 @@ def _panel(rgb: np.ndarray, height: int) -> np.ndarray:
 
 
 class Preview:
-    """Side-by-side video (source | driver | result) and a contact sheet of a few frames."""
+    """Side-by-side video (source | driver | result | generated face, enlarged) and a contact sheet of a few frames."""
 
     def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
                  times: np.ndarray, height: int = 256) -> None:
@@ -191,12 +191,15 @@ class Preview:
             self._driver_frame = nxt
         return self._driver_frame.rgb if self._driver_frame is not None else None
 
-    def add(self, index: int, t: float, source: np.ndarray, result: np.ndarray) -> None:
+    def add(self, index: int, t: float, source: np.ndarray, result: np.ndarray, face: np.ndarray | None = None) -> None:
+        """One row: source | driver (if a video) | result | the generated face crop, enlarged."""
         panels = [_panel(source, self.height)]
         drv = self._driver_at(t)
         if drv is not None:
             panels.append(_panel(drv, self.height))
         panels.append(_panel(result, self.height))
+        if face is not None:
+            panels.append(cv2.resize(face, (self.height, self.height), interpolation=cv2.INTER_CUBIC))
         row = np.concatenate(panels, axis=1)
         if self._enc is None:
             self._tmp = self._ctx.__enter__()
@@ -291,8 +294,9 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                             frames = paster.paste(first.rgb, crops, first.crop)
                         stages["paste"] += time.perf_counter() - t0
                         sources = [first.rgb] * (b1 - b0)
+                        faces = to_uint8(crops) if preview is not None else None
                     else:
-                        frames, sources = [], []
+                        frames, sources, faces = [], [], []
                         for k in range(b0, b1):
                             ts = time.perf_counter()
                             _, sf = next(clip_frames)
@@ -309,12 +313,13 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                                 frames.append(pb.paste(sf.rgb, crop, sf.crop)[0])
                             stages["paste"] += time.perf_counter() - tp
                             sources.append(sf.rgb)
+                            faces.append(to_uint8(crop)[0])
                         frames = np.stack(frames)
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
                         enc.write(np.ascontiguousarray(frame[:height, :width]))
                         if preview is not None:
-                            preview.add(b0 + k, float(times[b0 + k]), sources[k], frame)
+                            preview.add(b0 + k, float(times[b0 + k]), sources[k], frame, faces[k])
                     stages["encode"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(b1, n)
