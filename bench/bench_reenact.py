@@ -63,13 +63,14 @@ def frames_of(path: Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
-def bench(driver: Path, source: Path, out: Path, model: str | None, preset: str) -> dict:
+def bench(driver: Path, source: Path, out: Path, model: str | None, preset: str, batch_size: int) -> dict:
     ff = ffmpeg_exe()
     n = frames_of(driver)
     t_ff, mem_ff, _ = run_child([ff, "-hide_banner", "-loglevel", "error", "-y", "-i", str(driver), "-c:v", "libx264",
                                  "-preset", preset, "-crf", "18", "-pix_fmt", "yuv420p", str(out / "transcode.mp4")])
     cmd = [str(Path(sys.executable).parent / "icface-video"), "reenact", "-s", str(source), "-d", str(driver),
-           "-o", str(out / "reenact.mp4"), "--overwrite", "--json", "--x264-preset", preset]
+           "-o", str(out / "reenact.mp4"), "--overwrite", "--json", "--x264-preset", preset,
+           "--batch-size", str(batch_size)]
     if model:
         cmd += ["--model", model]
     t_re, mem_re, proc = run_child(cmd)
@@ -85,6 +86,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model folder (default: shipped)")
     ap.add_argument("--long", type=float, default=0, help="also run an S-second looped driver")
     ap.add_argument("--x264-preset", default="medium")
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
     import av
 
@@ -104,7 +106,7 @@ def main() -> int:
                                 "-crf", "18", str(p)], check=True)
                 drivers.append(p)
         for drv in drivers:
-            r = bench(drv, src, out, args.model, args.x264_preset)
+            r = bench(drv, src, out, args.model, args.x264_preset, args.batch_size)
             print(json.dumps(r))
             stages = ", ".join(f"{k} {v:.2f} s ({1000 * v / r['frames']:.1f} ms/frame)" for k, v in r["stages_s"].items())
             print(f"  {Path(drv).name}: {r['frames']} frames; transcode {r['transcode_fps']} fps; reenact "

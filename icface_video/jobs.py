@@ -8,6 +8,7 @@ without a model.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -125,20 +126,32 @@ def plan_attributes(job: ReenactJob, resolution: int,
                         job.smoothing, job.face_index)
 
     info = probe(job.source)
-    tracks: dict[str, AttributeTrack] = {}
-    for region, path in job.parts.items():
-        tracks[region] = track_of(path, f"analyse {region} driver")
-    main = track_of(job.driving, "analyse driver") if job.driving else None
+    if info.is_still and not job.driving and not job.parts:
+        raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver); "
+                         "use `icface-video animate` or `edit` for presets alone")
+
+    def analyse_source() -> SourceFrame | SourceClip:
+        if info.is_still:
+            return memo.get("still", job.source, lambda: analyze_still(job.source, resolution, job.face_index),
+                            resolution, job.face_index)
+        return SourceClip(job.source, resolution, job.face_index, step("analyse source"))
+
+    # The source is analysed in a second thread while the drivers are (MediaPipe and
+    # PyAV release the GIL), so the two overlap on a multi-core machine.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(analyse_source)
+        try:
+            tracks: dict[str, AttributeTrack] = {}
+            for region, path in job.parts.items():
+                tracks[region] = track_of(path, f"analyse {region} driver")
+            main = track_of(job.driving, "analyse driver") if job.driving else None
+        except BaseException:
+            pending.cancel()
+            raise
+        source = pending.result()
     primary = main or next(iter(tracks.values()), None)
     if info.is_still:
-        if primary is None:
-            raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver); "
-                             "use `icface-video animate` or `edit` for presets alone")
-        source: SourceFrame | SourceClip = memo.get(
-            "still", job.source, lambda: analyze_still(job.source, resolution, job.face_index), resolution, job.face_index)
         base = source.attrs
-    else:
-        source = SourceClip(job.source, resolution, job.face_index, step("analyse source"))
     if primary is not None:
         times, fps = primary.times, primary.fps
     else:

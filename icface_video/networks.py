@@ -18,8 +18,9 @@ Two named generator configurations (:func:`named_config`):
 
     * a motion network at 1/8 (128 px: 16x16) turns (cached motion features, source and
       driving attributes) into a dense backward flow, an occlusion map and decoder
-      features; the flow starts as the identity warp and is supervised with the 478
-      landmarks of source and target frames during training;
+      features; a direct attributes -> coarse 16x16 flow map (linear + MLP, in the
+      aligned crop frame) is added to it; the flow starts as the identity warp and is
+      supervised with the 478 landmarks of source and target frames during training;
     * a light decoder turns the warped source features into an RGB image of what warping
       cannot produce (mouth interior, teeth, closed eyelids) plus an attention mask;
     * output = mask * warp(source, flow) + (1 - mask) * generated: identity and background
@@ -69,6 +70,8 @@ class GeneratorConfig:
         embed_dim: fast: width of the attribute embedding MLP.
         norm: normalisation layer in the generator blocks.
         mask_init_bias: fast: initial logit of the warp-vs-generated mask (high = copy).
+        coarse_flow_gain: fast: output gain of the attributes -> coarse flow map (with Adam
+            this is its learning-rate multiplier: that map must move several pixels).
     """
 
     design: Design = "fast"
@@ -82,6 +85,7 @@ class GeneratorConfig:
     embed_dim: int = 128
     norm: NormKind = "group"
     mask_init_bias: float = 3.0
+    coarse_flow_gain: float = 10.0
 
     def __post_init__(self) -> None:
         if self.design not in ("paper", "fast"):
@@ -189,7 +193,9 @@ class ResBlock(nn.Module):
     """Residual block: x + conv-norm-relu-conv-norm(x), optionally FiLM-modulated.
 
     With ``film_dim > 0`` the forward takes an embedding (B, film_dim) that scales and
-    shifts the first conv's output per channel (zero-initialised: starts as plain block).
+    shifts the first conv's output per channel. Its init is small but NOT zero: with a
+    zero-initialised output head after it (the flow head), a zero FiLM would leave the
+    attributes with no path to the output and no gradient to open one (a saddle).
     """
 
     def __init__(self, channels: int, norm: NormKind = "instance", film_dim: int = 0) -> None:
@@ -199,8 +205,9 @@ class ResBlock(nn.Module):
         self.film: nn.Linear | None = None
         if film_dim > 0:
             self.film = nn.Linear(film_dim, 2 * channels)
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
+            with torch.no_grad():
+                self.film.weight.mul_(0.5)
+                self.film.bias.zero_()
 
     def forward(self, x: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(x)
@@ -293,6 +300,13 @@ class Generator(nn.Module):
         self.motion_blocks = nn.ModuleList(ResBlock(c.motion_channels, c.norm, c.embed_dim)
                                            for _ in range(c.motion_blocks))
         self.motion_up = UpBlock(c.motion_channels, c.decoder_channels, c.norm)
+        # Direct attribute -> coarse flow map (16x16, crop-aligned): the learnable "attribute
+        # change -> landmark offset" map; linear in the attributes plus an MLP correction.
+        self.flow_linear = nn.Linear(3 * NUM_ATTRS, 2 * 16 * 16)
+        self.flow_mlp = nn.Linear(c.embed_dim, 2 * 16 * 16)
+        for layer in (self.flow_linear, self.flow_mlp):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.flow_head = nn.Conv2d(c.decoder_channels, 3, 3, 1, 1)  # dx, dy, occlusion logit
         nn.init.zeros_(self.flow_head.weight)
         with torch.no_grad():
@@ -343,14 +357,17 @@ class Generator(nn.Module):
         source, feats, motion = rep(cache["source"]), rep(cache["features"]), rep(cache["motion"])
         n_src = normalize_for_network(rep(cache["source_attrs"]))
         n_tgt = normalize_for_network(attrs)
-        e = self.embed(torch.cat([n_src, n_tgt, n_tgt - n_src], dim=1))
+        a = torch.cat([n_src, n_tgt, n_tgt - n_src], dim=1)
+        e = self.embed(a)
+        coarse = self.config.coarse_flow_gain * (self.flow_linear(a) + self.flow_mlp(e)).view(b, 2, 16, 16)
         h = motion
         for blk in self.motion_blocks:
             h = blk(h, e)
         h = self.motion_up(h)
         fo = self.flow_head(h)
-        flow, occl = fo[:, :2], torch.sigmoid(fo[:, 2:3])
         fh, fw = feats.shape[-2:]
+        coarse = F.interpolate(coarse, size=(fh, fw), mode="bilinear", align_corners=False)
+        flow, occl = fo[:, :2] + coarse, torch.sigmoid(fo[:, 2:3])
         grid_lo = identity_grid(b, fh, fw, feats.device, feats.dtype) + flow.permute(0, 2, 3, 1)
         d = self.dec_in(torch.cat([warp(feats, grid_lo) * occl, h], dim=1))
         for blk in self.dec_blocks:

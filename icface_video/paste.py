@@ -121,7 +121,8 @@ class PasteBack:
         """Blend generated crops into frames.
 
         Convention:
-            frames: (B, H, W, 3) uint8 RGB (not modified) or (H, W, 3) shared by all.
+            frames: (B, H, W, 3) uint8 RGB (not modified) or (H, W, 3) shared by all
+                (a still source: its masked background is computed once and reused).
             crops: (B, 3, S, S) float RGB in [-1, 1].
             reference: (1, 3, S, S) the source crop in [-1, 1], for colour matching.
             returns: (B, H, W, 3) uint8.
@@ -137,7 +138,20 @@ class PasteBack:
         x0, y0, x1, y1 = self.roi
         rgb = (crops.clamp(-1, 1) + 1) * 127.5
         warped = self._warp(rgb, self.matrix.expand(b, 2, 3), (y1 - y0, x1 - x0), align_corners=True)
-        region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
-        blended = region + (warped - region) * self.mask_roi
-        out[:, y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        # blended = warped * m + region * (1 - m); the second term is fixed for a still frame.
+        background = self._background(frames) if frames.ndim == 3 else None
+        if background is None:
+            region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
+            background = region.mul_(1.0 - self.mask_roi)
+        warped.mul_(self.mask_roi).add_(background).add_(0.5).clamp_(0, 255)
+        out[:, y0:y1, x0:x1] = warped.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return out
+
+    def _background(self, frame: np.ndarray) -> torch.Tensor:
+        """(1, 3, h, w) float: ``frame``'s region of interest times (1 - mask), cached per frame."""
+        if getattr(self, "_bg_frame", None) is not frame:  # the same array object (kept alive here)
+            x0, y0, x1, y1 = self.roi
+            region = torch.from_numpy(np.ascontiguousarray(frame[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
+            self._bg = region.mul_(1.0 - self.mask_roi)
+            self._bg_frame = frame
+        return self._bg
