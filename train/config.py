@@ -64,6 +64,8 @@ class OptimConfig:
         beta1, beta2: Adam betas.
         grad_clip: max global gradient norm (0 = off).
         ema_decay: EMA decay of the generator weights (exported model = EMA).
+        warmup_steps: linear learning-rate warm-up (Adam's first steps are sign-like and
+            would throw the identity-initialised flow far off).
     """
 
     steps: int = 20000
@@ -74,6 +76,7 @@ class OptimConfig:
     beta2: float = 0.999
     grad_clip: float = 5.0
     ema_decay: float = 0.999
+    warmup_steps: int = 200
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,10 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in
                  self.data.sample_batch(rng, cfg.optim.batch_size, cfg.data.augment, cfg.data.hard_pair_prob).items()}
         src, tgt = batch["source"], batch["target"]
+        warm = min(1.0, (self.step + 1) / max(1, cfg.optim.warmup_steps))
+        for opt, base in ((self.optG, cfg.optim.lr_g), (self.optD, cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * warm
         use_d = self.step >= lc.d_start_step
         want_neutral = use_d and lc.neutral_attribute > 0
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
@@ -159,7 +163,8 @@ class Trainer:
         # generator update
         self.D.requires_grad_(False)
         with amp:
-            out = self.G_train(src, batch["source_attrs"], batch["target_attrs"], want_neutral)
+            out = self.G_train(src, batch["source_attrs"], batch["target_attrs"],
+                               lc.neutral_count if want_neutral else 0)
             fake = out["image"].float()
             res = fake.shape[-1]
             mouth, eyes = L.region_masks(batch["source_landmarks"], batch["target_landmarks"], res)
@@ -170,7 +175,8 @@ class Trainer:
             if "grid" in out:
                 grid = out["grid"].float()
                 if lc.landmark > 0:
-                    terms["landmark"] = L.landmark_flow_loss(grid, batch["source_landmarks"], batch["target_landmarks"])
+                    terms["landmark"] = L.landmark_flow_loss(grid, batch["source_landmarks"], batch["target_landmarks"],
+                                                             lc.landmark_expression_weight)
                 if lc.flow_smooth > 0:
                     terms["flow_smooth"] = L.flow_smoothness(grid)
                 if lc.mask_prior > 0:
@@ -183,8 +189,8 @@ class Trainer:
                 terms["identity"] = L.identity_loss(ident, batch["identity"])
                 if want_neutral:
                     _, n_attrs, _ = self.D(out["neutral"].float())
-                    terms["neutral_attribute"] = L.attribute_loss(n_attrs.float(), torch.zeros_like(batch["target_attrs"]))
-            weights = dataclasses.asdict(lc)
+                    terms["neutral_attribute"] = L.attribute_loss(n_attrs.float(), torch.zeros_like(batch["target_attrs"][: n_attrs.shape[0]]))
+            weights = dataclasses.asdict(lc)  # term name -> weight
             total_g = sum(weights[k] * v for k, v in terms.items())
         self.optG.zero_grad(set_to_none=True)
         total_g.backward()

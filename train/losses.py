@@ -30,6 +30,8 @@ LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0
 LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
+INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+EXPRESSION_LANDMARKS = LIPS + INNER_LIPS + LEFT_EYE + RIGHT_EYE + BROWS
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,12 @@ class LossConfig:
         adversarial: LSGAN generator term; the D terms always have weight 1.
         attribute: D's attribute regression: on real targets (trains D) and on fakes (trains G).
         neutral_attribute: D's attribute head on the neutral face should read zero attributes.
+        neutral_count: neutral faces rendered per step for that term (first N sources).
         identity: D's identity classification: real targets (D) and fakes (G, source's class).
         landmark: L1 between the source landmarks and the backward flow sampled at the
             target landmarks (fast design; normalised coordinates, -1..1).
+        landmark_expression_weight: relative weight of the lip, eye and brow landmarks
+            (``EXPRESSION_LANDMARKS``) in that term; the other landmarks weigh 1.
         flow_smooth: total variation of the flow (fast design).
         mask_prior: pulls the warp mask toward 1 outside the mouth and eyes (fast design).
         d_start_step: adversarial, attribute-on-fake and identity-on-fake terms of G start here.
@@ -59,13 +64,15 @@ class LossConfig:
     eye_weight: float = 3.0
     perceptual: float = 0.5
     vgg_layers: int = 2
-    vgg_resolution: int = 128
+    vgg_resolution: int = 64
     adversarial: float = 0.05
     attribute: float = 1.0
     neutral_attribute: float = 0.1
+    neutral_count: int = 2
     identity: float = 0.05
-    landmark: float = 10.0
-    flow_smooth: float = 0.5
+    landmark: float = 20.0
+    landmark_expression_weight: float = 5.0
+    flow_smooth: float = 0.05
     mask_prior: float = 0.02
     d_start_step: int = 500
 
@@ -137,13 +144,15 @@ def weighted_l1(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor) ->
 # --- landmark-supervised flow -------------------------------------------------------------
 
 
-def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.Tensor) -> torch.Tensor:
+def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.Tensor,
+                       expression_weight: float = 1.0) -> torch.Tensor:
     """The backward grid sampled at the target landmarks must point at the source landmarks.
 
     Convention:
         grid: (B, H, W, 2) backward sampling grid, grid_sample convention (-1..1).
         src_lm, tgt_lm: (B, 478, 2) landmarks in crop pixels of a (W x H) crop.
-        returns: scalar, mean L1 in normalised units (1.0 = half the crop side).
+        expression_weight: weight of ``EXPRESSION_LANDMARKS`` (others weigh 1).
+        returns: scalar, weighted mean L1 in normalised units (1.0 = half the crop side).
     """
     b, h, w, _ = grid.shape
     size = torch.tensor([w, h], dtype=grid.dtype, device=grid.device)
@@ -151,7 +160,10 @@ def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.T
     u_s = src_lm * (2.0 / size) - 1.0
     sampled = F.grid_sample(grid.permute(0, 3, 1, 2), u_t.unsqueeze(2), mode="bilinear",
                             padding_mode="border", align_corners=False)  # (B, 2, 478, 1)
-    return (sampled.squeeze(3).transpose(1, 2) - u_s).abs().mean()
+    err = (sampled.squeeze(3).transpose(1, 2) - u_s).abs().sum(dim=2)  # (B, 478)
+    w = torch.ones(err.shape[1], dtype=err.dtype, device=err.device)
+    w[list(EXPRESSION_LANDMARKS)] = expression_weight
+    return (err * w).sum(dim=1).mean() / (2 * w.sum())
 
 
 def flow_smoothness(grid: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""Export a training checkpoint's EMA generator as the shipped model folder.
+
+``python -m train.export --checkpoint runs/fast/checkpoints/step_X --out icface_video/weights``
+
+Writes ``generator.safetensors`` (fp16 by default), ``config.json`` (``{"format": 1,
+"generator": GeneratorConfig, "source_checkpoint", "step", "wall_s", "dtype", ...}``) and,
+when missing, a ``MODEL_CARD.md`` template to fill in with the evaluation table.
+Only generator weights ship (no discriminator, no optimiser state).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from safetensors.torch import save_file
+
+from icface_video.model import CONFIG_NAME, WEIGHTS_NAME, ReenactmentModel
+from icface_video.networks import GeneratorConfig
+from train.checkpoint import CheckpointError, read_state, read_tensors
+
+MAX_BYTES = 30 * 1024 * 1024
+
+CARD_TEMPLATE = """# ICface default model ({design}, {resolution} px)
+
+- Architecture: `{design}` generator (see icface_video/networks.py and train/README.md),
+  {params:,} parameters, weights stored as {dtype}.
+- Training data: the `train` split of the prepared dataset `{data}`.
+- Command: `python -m train.fit --config {config}` ({step} steps, {wall_h:.2f} h of
+  optimiser wall time).
+- Hardware: FILL IN.
+- Evaluation (`python -m train.evaluate ...`, test split): FILL IN the table.
+"""
+
+
+def export_generator(state: dict[str, torch.Tensor], config: GeneratorConfig, out: Path,
+                     meta: dict[str, Any], dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``state`` (generator state_dict) and its config to ``out``; returns the weights path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    path = out / WEIGHTS_NAME
+    save_file(tensors, str(path))
+    doc = {"format": 1, "generator": config.to_dict(), "dtype": str(dtype).replace("torch.", ""), **meta}
+    (out / CONFIG_NAME).write_text(json.dumps(doc, indent=1))
+    if path.stat().st_size > MAX_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, over the 30 MB budget")
+    return path
+
+
+@click.command()
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--out", default="icface_video/weights", show_default=True, help="Model folder to write.")
+@click.option("--fp32", is_flag=True, help="Keep float32 weights (default fp16).")
+def main(checkpoint: str, out: str, fp32: bool) -> None:
+    """Export the EMA generator of a training checkpoint."""
+    ckpt = Path(checkpoint)
+    try:
+        state = read_state(ckpt)
+        tensors = read_tensors(ckpt / "model.safetensors")
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cfg = GeneratorConfig.from_dict(state["config"]["model"])
+    gen = {k[4:]: v for k, v in tensors.items() if k.startswith("EMA.")}
+    dtype = torch.float32 if fp32 else torch.float16
+    meta = {"source_checkpoint": str(ckpt), "step": state["step"], "wall_s": state.get("wall_s"),
+            "train_config": state["config"]}
+    path = export_generator(gen, cfg, Path(out), meta, dtype)
+    model = ReenactmentModel.load(out)  # round-trip check
+    card = Path(out) / "MODEL_CARD.md"
+    if not card.exists():
+        card.write_text(CARD_TEMPLATE.format(
+            design=cfg.design, resolution=cfg.resolution, dtype=meta and str(dtype).replace("torch.", ""),
+            params=sum(p.numel() for p in model.generator.parameters()), data=state["config"]["data"]["root"],
+            config="train/configs/fast.toml" if cfg.design == "fast" else "train/configs/paper.toml",
+            step=state["step"], wall_h=(state.get("wall_s") or 0) / 3600))
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {out}/{CONFIG_NAME}")
+
+
+if __name__ == "__main__":
+    main()
