@@ -338,6 +338,16 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     _report(summary, quiet, as_json)
 
 
+def _still_result(model, still, crop, crop_only: bool):
+    """(H, W, 3) uint8: the generated (1, 3, R, R) crop pasted into the photo, or the crop itself."""
+    from .paste import PasteBack
+    from .reenact import to_uint8
+
+    if crop_only:
+        return to_uint8(crop)[0]
+    return PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
+
+
 def _write_image(output: str, rgb, overwrite: bool) -> None:
     import cv2
 
@@ -365,8 +375,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, crop_only,
 
     from .jobs import apply_overrides
     from .outputs import check_output
-    from .paste import PasteBack
-    from .reenact import analyze_still, to_uint8
+    from .reenact import analyze_still
 
     check_output(output, overwrite)
     if not preset_names and not set_exprs:
@@ -377,13 +386,12 @@ def edit(source, output, preset_names, set_exprs, model_path, device, crop_only,
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
     cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
     crop = model.render(cache, torch.from_numpy(attrs).to(model.device)).float().cpu()
-    if crop_only:
-        image = to_uint8(crop)[0]
-    else:
-        image = PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
+    image = _still_result(model, still, crop, crop_only)
     _write_image(output, image, overwrite)
+    from .attributes import ATTR_NAMES
+
     summary = {"output": output, "source": source, "width": int(image.shape[1]), "height": int(image.shape[0]),
-               "attributes": {n: round(float(v), 3) for n, v in zip(__import__("icface_video.attributes", fromlist=["ATTR_NAMES"]).ATTR_NAMES, attrs[0])}}
+               "attributes": {n: round(float(v), 3) for n, v in zip(ATTR_NAMES, attrs[0])}}
     if as_json:
         click.echo(json.dumps(summary))
     elif not quiet:
@@ -403,19 +411,14 @@ def neutralize(source, output, model_path, device, crop_only, face_index, overwr
     import torch
 
     from .outputs import check_output
-    from .paste import PasteBack
-    from .reenact import analyze_still, to_uint8
+    from .reenact import analyze_still
 
     check_output(output, overwrite)
     model = _load_model(model_path, device)
     still = analyze_still(source, model.resolution, face_index)
     cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
     crop = model.neutralize(cache).float().cpu()
-    if crop_only:
-        image = to_uint8(crop)[0]
-    else:
-        image = PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
-    _write_image(output, image, overwrite)
+    _write_image(output, _still_result(model, still, crop, crop_only), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))
     elif not quiet:

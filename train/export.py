@@ -4,7 +4,8 @@
 
 Writes ``generator.safetensors`` (fp16 by default), ``config.json`` (``{"format": 1,
 "generator": GeneratorConfig, "source_checkpoint", "step", "wall_s", "dtype", ...}``) and,
-when missing, a ``MODEL_CARD.md`` template to fill in with the evaluation table.
+``MODEL_CARD.md`` (data, command, steps, wall time, hardware, and the evaluation table
+given with ``--eval-markdown``, as written by ``python -m train.evaluate --markdown``).
 Only generator weights ship (no discriminator, no optimiser state).
 """
 
@@ -31,8 +32,11 @@ CARD_TEMPLATE = """# ICface default model ({design}, {resolution} px)
 - Training data: the `train` split of the prepared dataset `{data}`.
 - Command: `python -m train.fit --config {config}` ({step} steps, {wall_h:.2f} h of
   optimiser wall time).
-- Hardware: FILL IN.
-- Evaluation (`python -m train.evaluate ...`, test split): FILL IN the table.
+- Hardware: {hardware}.
+
+## Evaluation
+
+{evaluation}
 """
 
 
@@ -55,7 +59,10 @@ def export_generator(state: dict[str, torch.Tensor], config: GeneratorConfig, ou
 @click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
 @click.option("--out", default="icface_video/weights", show_default=True, help="Model folder to write.")
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default fp16).")
-def main(checkpoint: str, out: str, fp32: bool) -> None:
+@click.option("--hardware", required=True, help="What it was trained on, e.g. '2-core x86_64 CPU, no GPU'.")
+@click.option("--eval-markdown", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The evaluation table from `python -m train.evaluate --markdown`.")
+def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: str) -> None:
     """Export the EMA generator of a training checkpoint."""
     ckpt = Path(checkpoint)
     try:
@@ -71,12 +78,12 @@ def main(checkpoint: str, out: str, fp32: bool) -> None:
     path = export_generator(gen, cfg, Path(out), meta, dtype)
     model = ReenactmentModel.load(out)  # round-trip check
     card = Path(out) / "MODEL_CARD.md"
-    if not card.exists():
-        card.write_text(CARD_TEMPLATE.format(
-            design=cfg.design, resolution=cfg.resolution, dtype=meta and str(dtype).replace("torch.", ""),
-            params=sum(p.numel() for p in model.generator.parameters()), data=state["config"]["data"]["root"],
-            config="train/configs/fast.toml" if cfg.design == "fast" else "train/configs/paper.toml",
-            step=state["step"], wall_h=(state.get("wall_s") or 0) / 3600))
+    card.write_text(CARD_TEMPLATE.format(
+        design=cfg.design, resolution=cfg.resolution, dtype=str(dtype).replace("torch.", ""),
+        params=sum(p.numel() for p in model.generator.parameters()), data=state["config"]["data"]["root"],
+        config="train/configs/fast.toml" if cfg.design == "fast" else "train/configs/paper.toml",
+        step=state["step"], wall_h=(state.get("wall_s") or 0) / 3600, hardware=hardware,
+        evaluation=Path(eval_markdown).read_text().strip()))
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {out}/{CONFIG_NAME}")
 
 
