@@ -17,7 +17,7 @@ import numpy as np
 
 from .controls import Op, apply_ops
 from .driving import AttributeTrack, compose, load_track
-from .errors import InputError, UsageError
+from .errors import UsageError
 from .media import probe
 from .presets import Preset
 from .reenact import RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, render_video

@@ -27,7 +27,7 @@ from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size
 from .errors import InputError
 from .face import FaceAnalyzer
-from .media import MediaInfo, iter_frames, probe
+from .media import iter_frames
 from .outputs import atomic_output
 from .paste import PasteBack, PasteConfig
 from .smoothing import fill_missing

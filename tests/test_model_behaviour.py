@@ -125,6 +125,7 @@ def test_mode_expression_follows_aus_and_keeps_pose(run_cli, model_dir, neutral_
     drv, res, src = _track(driver), _track(out), _au(neutral_photo)
     # Pose stays near the source's while the driver turns its head.
     assert np.ptp(np.degrees(res[:, YAW])) < 0.5 * np.ptp(np.degrees(drv[:, YAW]))
+    assert abs(np.degrees(np.median(res[:, YAW]) - src[YAW])) < 5.0
     # Mouth and eyes follow the driver's changes: AU25/AU26/AU45 correlate over time.
     followed = [np.corrcoef(res[:, AU[a]], drv[:, AU[a]])[0, 1] for a in ("AU25", "AU26", "AU45")]
     assert max(followed) > 0.5, followed

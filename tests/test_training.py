@@ -20,7 +20,6 @@ from train.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "train" / "configs" / "tiny.toml"
-REAL_DATA = Path(os.environ.get("ICFACE_TEST_DATA", REPO / "data" / "prepared-128"))
 
 torch.set_num_threads(1)
 
@@ -128,29 +127,24 @@ def test_two_process_ddp_gloo_identical_checkpoints(synthetic: Path, tmp_path: P
     assert len(state["rank_digests"]) == 2 and state["rank_digests"][0] == state["rank_digests"][1]
 
 
-def _tiny_real_dataset(dest: Path, frames: int = 6) -> Path:
-    """A prepared dataset with a few real frames of the first train clip, at 64 px."""
-    index = json.loads((REAL_DATA / "index.json").read_text())
-    entry = next(c for c in index["clips"] if c["split"] == "train")
-    with np.load(REAL_DATA / entry["file"], allow_pickle=False) as z:
-        ok = np.flatnonzero(z["success"] > 0)[:: max(1, len(z["success"]) // frames)][:frames]
-        arrays = {k: z[k][ok] for k in ("crops", "attrs", "landmarks", "success", "timestamps")}
+def _tiny_real_dataset(dest: Path, faces_root: Path, frames: int = 6) -> Path:
+    """A prepared dataset with a few real frames of one train clip (prepared here from the
+    shared data with ``train.prepare.prepare_clip``, so it works on a fresh clone)."""
+    from train.prepare import ClipJob, prepare_clip, write_index
+
+    clip = faces_root / "LivePortrait/assets/examples/driving/d1.mp4"  # train split, 16 frames
     (dest / "clips").mkdir(parents=True)
-    np.savez(dest / "clips" / "c.npz", **arrays)
-    (dest / "index.json").write_text(json.dumps({
-        "version": 1, "resolution": index["resolution"], "identities": ["p"],
-        "clips": [{**entry, "id": "c", "file": "clips/c.npz", "identity_index": 0, "frames": len(ok)}]}))
+    entry = prepare_clip(ClipJob("c", "p", "train", (str(clip),)), dest, 128, frames)
+    write_index(dest, [entry], [], 128)
     return dest
 
 
-@pytest.mark.skipif(not (REAL_DATA / "index.json").is_file(),
-                    reason=f"no prepared real dataset at {REAL_DATA} (set ICFACE_TEST_DATA or run train.prepare)")
-def test_tiny_config_overfits_a_few_real_frames(tmp_path: Path) -> None:
+def test_tiny_config_overfits_a_few_real_frames(tmp_path: Path, faces_root: Path) -> None:
     """The generator's L1 on 6 real frames of one clip falls by at least 1.25x in 150 steps
     (measured on this machine: 0.119 -> 0.088, 1.35x)."""
     from train.fit import run
 
-    data = _tiny_real_dataset(tmp_path / "real")
+    data = _tiny_real_dataset(tmp_path / "real", faces_root)
     out = tmp_path / "run"
     no_aug = {"flip": 0.0, "scale": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
     cfg = tiny_config(data, out, optim={"steps": 150, "batch_size": 4},
