@@ -24,7 +24,7 @@ import json
 import os
 import signal
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -400,14 +400,15 @@ def to_reenact_job(spec: JobSpec):
 _WORKER: dict = {}
 
 
-def _worker_init(model_path: str | None, device: str, threads: int) -> None:
+def _worker_init(model_path: str | None, device: str, threads: int, in_process: bool = False) -> None:
     import torch
 
     from .model import ReenactmentModel
     from .reenact import pick_device
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    torch.set_num_threads(max(1, threads))
+    if not in_process:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+        torch.set_num_threads(max(1, threads))
     _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
     from .jobs import AnalysisCache
 
@@ -466,9 +467,18 @@ def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str |
     result = BatchResult()
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_worker_init,
-                             initargs=(model_path, device, threads)) as pool:
+    from .reenact import pick_device
+
+    if pick_device(device).type == "cpu":
+        # CPU: worker processes, each with its own model and torch threads.
+        pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
+                                   initializer=_worker_init, initargs=(model_path, device, threads))
+    else:
+        # GPU: one model on the device, shared by worker threads (decode, analysis and
+        # encoding overlap; the generator calls share the one model).
+        _worker_init(model_path, device, threads, in_process=True)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    with pool:
         futures = [pool.submit(run_unit, g, str(outdir)) for g in groups]
         try:
             for fut in as_completed(futures):
@@ -483,7 +493,7 @@ def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str |
         except BaseException:
             for f in futures:
                 f.cancel()
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # worker processes (CPU)
                 proc.terminate()
             raise
     result.report = str(write_report(outdir))
