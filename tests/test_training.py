@@ -171,3 +171,17 @@ def test_paper_design_trains_through_the_same_loop(synthetic: Path, tmp_path: Pa
     model = ReenactmentModel.load(tmp_path / "paper" / "checkpoints" / "step_00000002")
     cache = model.prepare_source(torch.zeros(1, 3, 64, 64), torch.zeros(1, 20))
     assert model.render(cache, torch.zeros(2, 20)).shape == (2, 3, 64, 64)
+
+
+def test_wall_clock_budget_stops_with_a_checkpoint(synthetic: Path, tmp_path: Path) -> None:
+    """``run.max_wall_s`` ends the run early (equal-budget comparisons) and leaves a checkpoint
+    of the last step, from which ``--resume`` would continue."""
+    from train.checkpoint import read_state
+    from train.fit import run
+
+    out = tmp_path / "budget"
+    cfg = tiny_config(synthetic, out, optim={"steps": 1000}, run={"checkpoint_every": 1000, "max_wall_s": 1e-6})
+    assert run(cfg, resume=False) == 1
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    state = read_state(out / "checkpoints" / latest["path"])
+    assert state["step"] == 1 and state["wall_s"] > 0

