@@ -260,3 +260,36 @@ def test_batch_killed_then_resumed(plumbing_model, media, workdir):
         state_ok = (outdir / name).stat().st_mtime_ns == mtime
         assert state_ok or name not in finished_before
     assert no_leftovers(outdir)
+
+
+def test_driver_face_lost_for_some_frames_is_held_and_counted(run_cli, plumbing_model, media, workdir, ffmpeg):
+    driver = workdir / "covered.mp4"
+    # Black out the face in frames 5..9 of a 16-frame driver.
+    ffmpeg("-i", media["short"], "-vf", "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,5,9)'",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", driver)
+    r = run_cli(["reenact", "-s", media["photo"], "-d", driver, "-o", workdir / "o.mp4", "--json",
+                 "--model", plumbing_model, *FAST])
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["lost_driver_frames"] == 5
+    assert video_facts(workdir / "o.mp4")["frames"] == 16
+
+
+def test_huge_source_keeps_its_resolution(run_cli, plumbing_model, media, workdir):
+    big = workdir / "big.png"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(media["photo"])), (2560, 2560), interpolation=cv2.INTER_CUBIC))
+    r = run_cli(["reenact", "-s", big, "-d", media["short"], "-o", workdir / "o.mp4", "--model", plumbing_model, *FAST])
+    assert r.exit_code == 0, r.stderr
+    facts = video_facts(workdir / "o.mp4")
+    assert (facts["width"], facts["height"], facts["frames"]) == (2560, 2560, 16)
+
+
+def test_encoder_failure_leaves_nothing(run_cli, plumbing_model, media, workdir, monkeypatch):
+    """An encoder that dies mid-way (disk full, killed ffmpeg) is one error line and no output file."""
+    import icface_video.encode as E
+
+    monkeypatch.setattr(E, "ffmpeg_exe", lambda: "/bin/false")
+    out = workdir / "o.mp4"
+    _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--model", plumbing_model]),
+               "ffmpeg failed", 1)
+    assert not out.exists() and no_leftovers(workdir)
