@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,17 +42,23 @@ def ffmpeg_exe() -> str:
     return exe()
 
 
+_PEAK = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
+
+
 def run_child(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run a command; returns (wall seconds, peak RSS MiB of that child, result)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a command; returns (wall seconds, peak RSS MiB of that command alone, result).
+
+    The command runs under a small wrapper process whose ``RUSAGE_CHILDREN`` peak is that
+    command's own, so each figure is per run.
+    """
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    # ru_maxrss of RUSAGE_CHILDREN is the largest child so far; runs go small to large.
-    return wall, max(peak, before) / 1024.0, proc
+    peak_kib = int(proc.stderr.strip().splitlines()[-1])
+    return wall, peak_kib / 1024.0, proc
 
 
 def frames_of(path: Path) -> int:

@@ -191,6 +191,7 @@ class FaceAnalyzer:
         self._detector = None
         self._previous: np.ndarray | None = None
         self._last_ms = -1
+        self._started: set[int] = set()  # landmarkers that have run once
 
     # -- set-up -----------------------------------------------------------------
     def _make_landmarker(self, mode: str, num_faces: int):
@@ -205,6 +206,16 @@ class FaceAnalyzer:
         )
         with _quiet_native_stderr():
             return vision.FaceLandmarker.create_from_options(options)
+
+    def _first_quiet(self, call, *args):
+        """Run a landmarker call; its first run (graph start-up logging) with native stderr silenced."""
+        key = id(getattr(call, "__self__", call))
+        if key in self._started:
+            return call(*args)
+        with _quiet_native_stderr():
+            result = call(*args)
+        self._started.add(key)
+        return result
 
     def close(self) -> None:
         for lm in (self._main, self._crop_landmarker):
@@ -249,9 +260,9 @@ class FaceAnalyzer:
         if self.mode == "video":
             ms = max(int(round(time_s * 1000)), self._last_ms + 1)
             self._last_ms = ms
-            result = self._main.detect_for_video(image, ms)
+            result = self._first_quiet(self._main.detect_for_video, image, ms)
         else:
-            result = self._main.detect(image)
+            result = self._first_quiet(self._main.detect, image)
         faces = self._faces_from_result(result, w, h)
         pick = _select([f.bbox for f in faces], self.face_index, self._previous)
         face = faces[pick] if pick is not None else None
@@ -283,7 +294,7 @@ class FaceAnalyzer:
         crop = cv2.resize(crop, (target, target), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         if self._crop_landmarker is None:
             self._crop_landmarker = self._make_landmarker("image", num_faces=1)
-        result = self._crop_landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
+        result = self._first_quiet(self._crop_landmarker.detect, mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
         faces = self._faces_from_result(result, target, target, scale=scale, offset=(x0, y0))
         if not faces:
             return None

@@ -36,6 +36,8 @@ CARD_TEMPLATE = """# ICface default model ({design}, {resolution} px)
 
 ## Evaluation
 
+The table is `python -m train.evaluate --markdown` output (protocol in train/README.md).
+
 {evaluation}
 """
 
