@@ -171,11 +171,7 @@ def _load_model(model_path: str | None, device: str):
     from .model import ReenactmentModel
     from .reenact import pick_device
 
-    try:
-        dev = pick_device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device}: {exc}") from None
-    return ReenactmentModel.load(model_path, device=dev)
+    return ReenactmentModel.load(model_path, device=pick_device(device))
 
 
 def _presets(names: tuple[str, ...]):
@@ -500,6 +496,9 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
     if (source_glob is None) != (driving_glob is None):
         raise UsageError("--source and --driving go together")
     shard_kn = B.parse_shard(shard)
+    from .reenact import pick_device
+
+    pick_device(device)  # an unknown or absent device is a usage error before anything runs
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--outdir {outdir}: not a folder")

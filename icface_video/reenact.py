@@ -25,7 +25,7 @@ import torch
 from .align import AlignConfig, crop_matrix, landmark_params, warp_crop
 from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size
-from .errors import InputError
+from .errors import InputError, UsageError
 from .face import FaceAnalyzer
 from .media import iter_frames
 from .outputs import atomic_output
@@ -59,14 +59,23 @@ class RenderOptions:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda if available, then mps, else cpu; otherwise the named device."""
+    """``auto``: cuda if available, then mps, else cpu; otherwise the named device.
+
+    Raises:
+        UsageError: not a device name, or a device this machine does not have.
+    """
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device(next(k for k in ("cuda", "mps", "cpu") if available[k]))
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name}: {exc}") from None
+    if not available.get(device.type, False):
+        raise UsageError(f"--device {name}: no such device on this machine "
+                         f"(available: {', '.join(k for k, ok in available.items() if ok)})")
+    return device
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -145,6 +145,13 @@ def test_bad_inputs(run_cli, plumbing_model, media, workdir):
     _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--preset", "nope", *m]), "nope", 3)
     _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--model", workdir]), "config.json", 3)
     _one_error(run_cli(["animate", "-s", media["photo"], "-o", out, *m]), "animate needs", 2)
+    import torch
+
+    if not torch.cuda.is_available():
+        _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--device", "cuda", *m]),
+                   "--device cuda", 2)
+    _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--device", "gpu0", *m]),
+               "--device gpu0", 2)
     assert not out.exists() and no_leftovers(workdir)
 
 
