@@ -209,12 +209,12 @@ def render_options(func):
     return func
 
 
-def _render_options(batch_size, device, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
+def _render_options(batch_size, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
     from .encode import EncodeConfig
     from .paste import PasteConfig
     from .reenact import RenderOptions
 
-    return RenderOptions(batch_size=batch_size, device=device, crop_only=crop_only,
+    return RenderOptions(batch_size=batch_size, crop_only=crop_only,
                          paste=PasteConfig(color_match=color_match),
                          encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio),
                          preview=preview, overwrite=overwrite)
@@ -275,7 +275,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
                      presets=_presets(preset_names), sets=_sets(set_exprs),
                      smoothing=SmoothConfig(smooth_method, smooth_strength), face_index=face_index,
-                     render=_render_options(batch_size, device, crop_only, color_match, crf, x264_preset,
+                     render=_render_options(batch_size, crop_only, color_match, crf, x264_preset,
                                             no_audio, preview, overwrite))
     model = _load_model(model_path, device)
     with stage_progress(not quiet and not as_json) as update:
@@ -326,7 +326,7 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     steady = [p for p in presets if p.timeline is None]
     attrs = apply_overrides(attrs, times, steady, [], envelope)
     attrs = apply_overrides(attrs, times, timed, sets)
-    options = _render_options(batch_size, device, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
+    options = _render_options(batch_size, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
     with stage_progress(not quiet and not as_json) as update:
         result = render_video(model, still, attrs, times, fps, output, options,
                               progress=(lambda d, t: update("render", d, t)) if update else None)

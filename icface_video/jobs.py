@@ -157,8 +157,7 @@ def plan_attributes(job: ReenactJob, resolution: int,
     else:
         times, fps = source.times, source.track.info.fps or 25.0
     if not info.is_still:
-        idx = np.clip(np.searchsorted(source.times, times + 1e-6, side="right") - 1, 0, len(source.times) - 1)
-        base = source.attrs[idx]
+        base = source.attrs[source.indices_at(times)]
     relative = job.relative if job.relative is not None else info.is_still
     attrs = compose(base, times, main, tracks, job.mode, relative) if primary is not None else np.array(base, np.float32)
     attrs = apply_overrides(attrs, times, job.presets, job.sets)

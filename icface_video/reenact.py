@@ -39,8 +39,7 @@ class RenderOptions:
     """How frames are rendered and written.
 
     Attributes:
-        batch_size: frames per generator call.
-        device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
+        batch_size: frames per generator call (the device is the model's own).
         crop_only: write the aligned generated crops instead of pasting them back.
         paste: :class:`PasteConfig` (mask growth, feathering, colour matching).
         encode: :class:`EncodeConfig` (crf, x264 preset, audio).
@@ -50,7 +49,6 @@ class RenderOptions:
     """
 
     batch_size: int = 8
-    device: str = "auto"
     crop_only: bool = False
     paste: PasteConfig = field(default_factory=PasteConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
@@ -151,9 +149,14 @@ class SourceClip:
     def times(self) -> np.ndarray:
         return self.track.times
 
+    def indices_at(self, times: np.ndarray) -> np.ndarray:
+        """(N,) source frame index for each output time: the last frame at or before it, held at the ends."""
+        idx = np.searchsorted(self.times, np.asarray(times) + 1e-6, side="right") - 1
+        return np.clip(idx, 0, len(self.times) - 1)
+
     def frames_at(self, times: np.ndarray) -> Iterator[tuple[int, SourceFrame]]:
         """Yield (source frame index, SourceFrame) for each output time, decoding once."""
-        idx = np.clip(np.searchsorted(self.times, np.asarray(times) + 1e-6, side="right") - 1, 0, len(self.times) - 1)
+        idx = self.indices_at(times)
         stream = iter_frames(self.path)
         current = None
         for j in idx:
@@ -175,7 +178,7 @@ class Preview:
     """Side-by-side video (source | driver | result | generated face, enlarged) and a contact sheet of a few frames."""
 
     def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
-                 times: np.ndarray, height: int = 256) -> None:
+                 height: int = 256) -> None:
         self.video_path = output.with_name(output.stem + ".preview.mp4")
         self.sheet_path = output.with_name(output.stem + ".contact.png")
         self.height = height
@@ -183,7 +186,6 @@ class Preview:
         self.picks = set(np.linspace(0, max(total - 1, 0), num=min(6, total)).round().astype(int).tolist())
         self.sheet: list[np.ndarray] = []
         self._driver = iter_frames(driver) if driver else None
-        self._driver_times = times
         self._driver_frame = None
         self._ctx = atomic_output(self.video_path, overwrite)
         self._tmp = None
@@ -280,7 +282,7 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     if still:
         cache = source_cache or model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None])
     paster = None if options.crop_only or not still else PasteBack(first.rgb.shape[:2], first.matrix, first.landmarks, model.resolution, options.paste)
-    preview = Preview(output, fps, n, options.overwrite, driver_video, times) if options.preview else None
+    preview = Preview(output, fps, n, options.overwrite, driver_video) if options.preview else None
     has_audio = bool(audio_from) and options.encode.audio
     ok = False
     try:
@@ -322,7 +324,8 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                                 frames.append(pb.paste(sf.rgb, crop, sf.crop)[0])
                             stages["paste"] += time.perf_counter() - tp
                             sources.append(sf.rgb)
-                            faces.append(to_uint8(crop)[0])
+                            if preview is not None:
+                                faces.append(to_uint8(crop)[0])
                         frames = np.stack(frames)
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
