@@ -98,8 +98,9 @@ class PasteBack:
         inv = invert_matrix(matrix)
         # Region of interest: the mask's support mapped into the frame, clipped.
         ys, xs = np.nonzero(mask > 1e-3)
-        if len(xs) == 0:
+        if len(xs) == 0:  # the face oval lies outside the crop: nothing to paste
             self.roi = (0, 0, 0, 0)
+            self.mask_roi = None
             return
         corners = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.min(), ys.max() + 1], [xs.max() + 1, ys.max() + 1]], np.float32)
         fc = transform_points(corners, inv)
