@@ -405,10 +405,12 @@ def _worker_init(model_path: str | None, device: str, threads: int, in_process: 
 
     from .model import ReenactmentModel
     from .reenact import pick_device
+    from .track import set_analysis_workers
 
     if not in_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
         torch.set_num_threads(max(1, threads))
+        set_analysis_workers(max(1, min(2, threads)))  # the cores are already shared between jobs
     _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
     from .jobs import AnalysisCache
 

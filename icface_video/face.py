@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,23 +33,40 @@ class ModelMissingError(IcfaceError):
     """A face model file is missing or corrupt; exit code 1."""
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr():
-    """Silence MediaPipe's C++ (glog/absl) start-up chatter, which bypasses Python's sys.stderr."""
+    """Silence MediaPipe's C++ (glog/absl) start-up chatter, which bypasses Python's sys.stderr.
+
+    Thread-safe: fd 2 is redirected by the first of overlapping callers and restored by
+    the last (clips are analysed in two threads at once).
+    """
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            try:
+                sys.stderr.flush()
+                _quiet_saved = os.dup(2)
+            except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner)
+                _quiet_saved = None
+            if _quiet_saved is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+        _quiet_depth += 1
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (e.g. captured by a test runner)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                os.dup2(_quiet_saved, 2)
+                os.close(_quiet_saved)
+                _quiet_saved = None
 
 
 def package_file(package: str, relative: str) -> Path | None:

@@ -135,7 +135,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         container.close()
 
 
-def _decode_frames(container: av.container.InputContainer, path: Path) -> Iterator[Frame]:
+_NOT_CONVERTED = np.empty((0, 0, 3), np.uint8)
+
+
+def _decode_frames(container: av.container.InputContainer, path: Path, convert_from: int = 0) -> Iterator[Frame]:
+    """Decode every frame; those before ``convert_from`` carry an empty ``rgb`` (not converted)."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     fallback_rate = float(stream.average_rate) if stream.average_rate else 25.0
@@ -147,9 +151,9 @@ def _decode_frames(container: av.container.InputContainer, path: Path) -> Iterat
                 # A short read (truncated file): the threaded decoder would drop it silently.
                 raise InputError(path, f"truncated or corrupt: decoding stopped after frame {index}")
             for vf in packet.decode():
-                rgb = vf.to_ndarray(format="rgb24")
                 rot = int(round(vf.rotation or 0)) % 360
-                if rot:
+                rgb = vf.to_ndarray(format="rgb24") if index >= convert_from else _NOT_CONVERTED
+                if rot and rgb.size:
                     rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
                 t = vf.time
                 if t is None or t <= last_time:
@@ -164,27 +168,35 @@ def _decode_frames(container: av.container.InputContainer, path: Path) -> Iterat
         raise InputError(path, f"corrupt or truncated after frame {index} ({_short(exc)})") from None
 
 
-def iter_frames(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[Frame]:
+def iter_frames(path: str | os.PathLike, max_frames: int | None = None, start: int = 0) -> Iterator[Frame]:
     """Stream the frames of a video or image, one at a time.
 
     Convention:
         yields: :class:`Frame` with ``rgb`` (H, W, 3) uint8 RGB, upright; ``time`` in
             seconds (first frame's time shifted to 0); ``index`` 0-based.
+        Only frames with ``start <= index < max_frames`` are yielded; earlier frames are
+            decoded but not converted (a second reader can take the second half of a clip
+            with the same indices and times as one reader of the whole).
         A still image yields exactly one frame; a GIF with one frame counts as a still.
 
     Raises:
         InputError: missing, unreadable, corrupt, audio-only or zero-frame file.
     """
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
     p = Path(path)
     info = probe(p)
     container = _open(p)
     try:
         t0: float | None = None
         count = 0
-        for frame in _decode_frames(container, p):
+        for frame in _decode_frames(container, p, start):
             if t0 is None:
                 t0 = frame.time
-            yield Frame(frame.index, frame.time - t0, frame.rgb, frame.rotation)
+            if max_frames is not None and frame.index >= max_frames:
+                break
+            if frame.index >= start:
+                yield Frame(frame.index, frame.time - t0, frame.rgb, frame.rotation)
             count += 1
             if info.is_still or (max_frames is not None and count >= max_frames):
                 break

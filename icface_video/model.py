@@ -87,6 +87,13 @@ class ReenactmentModel:
         self.generator = generator.eval().requires_grad_(False)
         self.config: GeneratorConfig = generator.config
         self.meta = meta or {}
+        self._set_layout()
+
+    def _set_layout(self) -> None:
+        # On CPU, channels-last convolutions (oneDNN) run about 1.5x faster than NCHW
+        # with identical results (bench: train/README.md); CUDA keeps the default layout.
+        self._layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.generator.to(memory_format=self._layout)
 
     @property
     def resolution(self) -> int:
@@ -98,6 +105,7 @@ class ReenactmentModel:
 
     def to(self, device: str | torch.device) -> "ReenactmentModel":
         self.generator.to(device)
+        self._set_layout()
         return self
 
     @classmethod
@@ -152,7 +160,9 @@ class ReenactmentModel:
         crop = _check_image("crop", crop, self.resolution)
         source_attrs = _check_attrs("source_attrs", source_attrs, batch=1)
         dev = self.device
-        tensors = self.generator.encode(crop.to(dev, torch.float32), source_attrs.to(dev))
+        crop = crop.to(dev, torch.float32).contiguous(memory_format=self._layout)
+        tensors = self.generator.encode(crop, source_attrs.to(dev))
+        tensors = {k: v.contiguous(memory_format=self._layout) if v.dim() == 4 else v for k, v in tensors.items()}
         return SourceCache(tensors, self.resolution)
 
     def _check_cache(self, cache: Any) -> SourceCache:
@@ -174,10 +184,10 @@ class ReenactmentModel:
         """
         cache = self._check_cache(cache)
         attrs = _check_attrs("attrs", attrs)
-        return self.generator.render(cache.tensors, attrs.to(self.device))["image"].clamp(-1, 1)
+        return self.generator.render(cache.tensors, attrs.to(self.device))["image"].clamp(-1, 1).contiguous()
 
     @torch.inference_mode()
     def neutralize(self, cache: SourceCache) -> torch.Tensor:
         """The source's neutral face (zero AUs, zero angles): (1, 3, R, R) RGB in [-1, 1]."""
         cache = self._check_cache(cache)
-        return self.generator.neutralize(cache.tensors).clamp(-1, 1)
+        return self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()

@@ -12,6 +12,8 @@ except for those arrays (about 6 KB per frame with landmarks).
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -79,6 +81,32 @@ class FaceTrack:
 
 ProgressFn = Callable[[int, int], None]
 
+# A clip is analysed in two halves at once (one landmarker each, in two threads: MediaPipe
+# and PyAV release the GIL) when it has at least this many frames per half. The second
+# half's landmarker starts with a detection instead of tracking from frame split-1; that
+# one frame is the only difference from a single pass.
+MIN_FRAMES_PER_WORKER = 60
+_default_workers: int | None = None
+
+
+def set_analysis_workers(workers: int | None) -> None:
+    """Process-wide default for :func:`analyze_media`'s ``workers`` (None: up to 2, one per core)."""
+    global _default_workers
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    _default_workers = workers
+
+
+def analysis_workers() -> int:
+    """How many threads analyse one clip by default: the set value, else min(2, usable cores)."""
+    if _default_workers is not None:
+        return _default_workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
 
 def analyze_media(
     path: str | os.PathLike,
@@ -88,6 +116,7 @@ def analyze_media(
     max_frames: int | None = None,
     progress: ProgressFn | None = None,
     fallback: bool = True,
+    workers: int | None = None,
 ) -> FaceTrack:
     """Decode ``path`` (video or image) and analyse the followed face in every frame.
 
@@ -98,14 +127,47 @@ def analyze_media(
         max_frames: stop after this many frames.
         progress: called as ``progress(done, total)`` (total 0 when unknown).
         fallback: use the full-range detector when the landmarker finds nothing.
+        workers: 1 = one pass; 2 = two halves analysed at once (clips of at least
+            ``2 * MIN_FRAMES_PER_WORKER`` declared frames); None = :func:`analysis_workers`.
 
     Raises:
         InputError: unreadable input, or no face in any frame.
     """
     info = probe(path)
-    return analyze_frames(iter_frames(path, max_frames=max_frames), info, face_index=face_index,
-                          keep_landmarks=keep_landmarks, keep_blendshapes=keep_blendshapes,
-                          max_frames=max_frames, progress=progress, fallback=fallback)
+    total = info.frame_count if max_frames is None else min(info.frame_count or max_frames, max_frames)
+    workers = analysis_workers() if workers is None else workers
+    opts = dict(face_index=face_index, keep_landmarks=keep_landmarks, keep_blendshapes=keep_blendshapes,
+                fallback=fallback)
+    if info.is_still or workers < 2 or total < 2 * MIN_FRAMES_PER_WORKER:
+        return analyze_frames(iter_frames(path, max_frames=max_frames), info, max_frames=max_frames,
+                              progress=progress, **opts)
+    split = total // 2
+    counts = [0, 0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def report(part: int) -> ProgressFn | None:
+        if progress is None:
+            return None
+
+        def fn(done: int, _total: int) -> None:
+            with lock:
+                counts[part] = done
+                progress(sum(counts), total)
+        return fn
+
+    # Both halves decode from the start (exact frame indices and times, no seeking);
+    # the second only converts and analyses frames from ``split`` on.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        later = pool.submit(_analyze_rows, iter_frames(path, max_frames=max_frames, start=split), info,
+                            progress=report(1), stop=stop, **opts)
+        try:
+            first = _analyze_rows(iter_frames(path, max_frames=split), info, progress=report(0), stop=stop, **opts)
+        except BaseException:
+            stop.set()
+            raise
+        rows = first.extend(later.result())
+    return rows.track(info)
 
 
 def analyze_frames(
@@ -126,48 +188,84 @@ def analyze_frames(
     total = 1 if info.is_still else info.frame_count
     if max_frames is not None and total:
         total = min(total, max_frames)
-    times, success, conf, attrs, params = [], [], [], [], []
-    lms, bss = [], []
-    fallbacks = 0
+    wrapped = (lambda done, _t: progress(done, total)) if progress is not None else None
+    return _analyze_rows(frames, info, face_index, keep_landmarks, keep_blendshapes, wrapped,
+                         fallback).track(info)
+
+
+@dataclass
+class _Rows:
+    """Per-frame results of one analysed run of frames, before gap filling."""
+
+    times: list = field(default_factory=list)
+    success: list = field(default_factory=list)
+    conf: list = field(default_factory=list)
+    attrs: list = field(default_factory=list)
+    params: list = field(default_factory=list)
+    landmarks: list | None = None
+    blendshapes: list | None = None
+    fallbacks: int = 0
+
+    def extend(self, other: "_Rows") -> "_Rows":
+        for name in ("times", "success", "conf", "attrs", "params"):
+            getattr(self, name).extend(getattr(other, name))
+        if self.landmarks is not None:
+            self.landmarks.extend(other.landmarks)
+        if self.blendshapes is not None:
+            self.blendshapes.extend(other.blendshapes)
+        self.fallbacks += other.fallbacks
+        return self
+
+    def track(self, info: MediaInfo) -> FaceTrack:
+        ok = np.array(self.success, bool)
+        t = np.array(self.times, np.float64)
+        if not ok.any():
+            where = "in the image" if info.is_still else f"in any of its {len(t)} frames"
+            raise InputError(info.path, f"no face found {where}")
+        return FaceTrack(
+            info=info,
+            times=t,
+            success=ok,
+            confidence=np.array(self.conf, np.float32),
+            raw_attrs=fill_missing(np.stack(self.attrs), ok, t),
+            crop_params=fill_missing(np.stack(self.params), ok, t),
+            landmarks=np.stack(self.landmarks) if self.landmarks is not None else None,
+            blendshapes=np.stack(self.blendshapes) if self.blendshapes is not None else None,
+            fallback_frames=self.fallbacks,
+        )
+
+
+def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0, keep_landmarks: bool = False,
+                  keep_blendshapes: bool = False, progress: ProgressFn | None = None, fallback: bool = True,
+                  stop: threading.Event | None = None) -> _Rows:
+    """One landmarker over a run of frames; ``progress(done, 0)`` after each; returns early when ``stop`` is set."""
+    rows = _Rows(landmarks=[] if keep_landmarks else None, blendshapes=[] if keep_blendshapes else None)
     mode = "image" if info.is_still else "video"
     with FaceAnalyzer(mode=mode, face_index=face_index, fallback=fallback) as analyzer:
         for frame in frames:
+            if stop is not None and stop.is_set():
+                break
             face = analyzer.analyze(frame.rgb, frame.time)
-            times.append(frame.time)
+            rows.times.append(frame.time)
             if face is None:
-                success.append(False)
-                conf.append(0.0)
-                attrs.append(np.zeros(NUM_ATTRS, np.float32))
-                params.append(np.zeros(3, np.float32))
+                rows.success.append(False)
+                rows.conf.append(0.0)
+                rows.attrs.append(np.zeros(NUM_ATTRS, np.float32))
+                rows.params.append(np.zeros(3, np.float32))
                 if keep_landmarks:
-                    lms.append(np.full((NUM_LANDMARKS, 3), np.nan, np.float32))
+                    rows.landmarks.append(np.full((NUM_LANDMARKS, 3), np.nan, np.float32))
                 if keep_blendshapes:
-                    bss.append(np.full(52, np.nan, np.float32))
+                    rows.blendshapes.append(np.full(52, np.nan, np.float32))
             else:
-                success.append(True)
-                conf.append(face.confidence)
-                fallbacks += int(face.fallback)
-                attrs.append(attributes_from_face(face.blendshapes, face.matrix))
-                params.append(landmark_params(face.landmarks))
+                rows.success.append(True)
+                rows.conf.append(face.confidence)
+                rows.fallbacks += int(face.fallback)
+                rows.attrs.append(attributes_from_face(face.blendshapes, face.matrix))
+                rows.params.append(landmark_params(face.landmarks))
                 if keep_landmarks:
-                    lms.append(face.landmarks)
+                    rows.landmarks.append(face.landmarks)
                 if keep_blendshapes:
-                    bss.append(face.blendshapes)
+                    rows.blendshapes.append(face.blendshapes)
             if progress is not None:
-                progress(len(times), total)
-    ok = np.array(success, bool)
-    t = np.array(times, np.float64)
-    if not ok.any():
-        where = "in the image" if info.is_still else f"in any of its {len(t)} frames"
-        raise InputError(info.path, f"no face found {where}")
-    return FaceTrack(
-        info=info,
-        times=t,
-        success=ok,
-        confidence=np.array(conf, np.float32),
-        raw_attrs=fill_missing(np.stack(attrs), ok, t),
-        crop_params=fill_missing(np.stack(params), ok, t),
-        landmarks=np.stack(lms) if keep_landmarks else None,
-        blendshapes=np.stack(bss) if keep_blendshapes else None,
-        fallback_frames=fallbacks,
-    )
+                progress(len(rows.times), 0)
+    return rows

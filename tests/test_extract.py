@@ -670,3 +670,64 @@ def test_missing_output_option_is_a_usage_error(run_cli, workdir):
     result = run_cli(["extract", workdir / "face.jpg"])
     assert result.exit_code == 2
     assert_one_error_line(result, "-o")
+
+
+# -- analysis in two halves ----------------------------------------------------------
+
+
+def test_decoding_from_a_start_frame_matches_the_full_decode(faces_root):
+    from icface_video.media import iter_frames
+
+    clip = faces_root / FRONTAL
+    full = [(f.index, f.time, f.rgb) for f in iter_frames(clip, max_frames=30)]
+    tail = [(f.index, f.time, f.rgb) for f in iter_frames(clip, max_frames=30, start=20)]
+    assert [i for i, _, _ in tail] == list(range(20, 30))
+    for (i, t, rgb), (j, u, rgb2) in zip(full[20:], tail):
+        assert i == j and t == u and np.array_equal(rgb, rgb2)
+
+
+def test_two_halves_give_the_same_track_as_one_pass(faces_root, monkeypatch):
+    """A clip analysed by two landmarkers at once (second half decoded from the start)
+    has the same frames, times and attributes as one pass."""
+    from icface_video import track
+
+    monkeypatch.setattr(track, "MIN_FRAMES_PER_WORKER", 10)
+    clip = faces_root / FRONTAL
+    seen = []
+    one = track.analyze_media(clip, max_frames=40, workers=1, keep_landmarks=True)
+    two = track.analyze_media(clip, max_frames=40, workers=2, keep_landmarks=True,
+                              progress=lambda done, total: seen.append((done, total)))
+    assert two.num_frames == one.num_frames == 40
+    np.testing.assert_array_equal(two.times, one.times)
+    np.testing.assert_array_equal(two.success, one.success)
+    assert np.abs(two.raw_attrs - one.raw_attrs).max() < 0.05
+    assert np.nanmax(np.abs(two.landmarks - one.landmarks)) < 1.0
+    assert seen[-1] == (40, 40) and len(seen) == 40
+
+
+def test_native_stderr_is_restored_after_overlapping_quiet_sections():
+    import threading
+
+    from icface_video.face import _quiet_native_stderr
+
+    before = os.fstat(2)
+    gate = threading.Barrier(2)
+
+    def body():
+        with _quiet_native_stderr():
+            gate.wait(timeout=10)
+
+    threads = [threading.Thread(target=body) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_clean_stderr_when_a_long_clip_is_analysed_in_two_halves(faces_root, run_cli, workdir):
+    out = workdir / "d3.csv"
+    result = run_cli(["extract", faces_root / HEAD_TURN, "-o", out, "-q"], subprocess=True)
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+    assert len(read_table(out)["frame"]) == 354

@@ -101,6 +101,23 @@ def test_inference_api_roundtrip_and_argument_checks(tmp_path: Path) -> None:
         model.render({"x": 1}, torch.zeros(1, 20))
 
 
+def test_cpu_channels_last_inference_matches_the_plain_generator(tmp_path: Path) -> None:
+    """The loaded model runs its convolutions channels-last on CPU (faster); the frames
+    equal those of the same weights in the default layout."""
+    cfg = _tiny_fast(64)
+    model = ReenactmentModel.load(_export(tmp_path, cfg))
+    convs = [p for p in model.generator.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    plain = Generator(cfg).eval()
+    plain.load_state_dict(model.generator.state_dict())
+    crop, src, drv = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 20), torch.rand(4, 20)
+    with torch.inference_mode():
+        expect = plain.render(plain.encode(crop, src), drv)["image"].clamp(-1, 1)
+    got = model.render(model.prepare_source(crop, src), drv)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, expect, atol=1e-4, rtol=0)
+
+
 def test_corrupt_or_mismatched_model_gives_input_error(tmp_path: Path) -> None:
     folder = _export(tmp_path, _tiny_fast(64))
     weights = folder / "generator.safetensors"

@@ -58,6 +58,8 @@ def test_shipped_configs_load() -> None:
     ("[model]\npreset = 'huge'\n", r"preset"),
     ("[loss]\nl1 = -1\n", r"loss\.l1"),
     ("[optim\n", r"invalid TOML"),
+    ("[data]\neye_pair_prob = 1.5\n", r"eye_pair_prob must be in \[0, 1\]"),
+    ("[data]\nhard_pair_prob = 0.6\neye_pair_prob = 0.6\n", r"at most 1"),
 ])
 def test_bad_config_gives_clear_error(tmp_path: Path, text: str, match: str) -> None:
     p = tmp_path / "bad.toml"
@@ -137,6 +139,22 @@ def _tiny_real_dataset(dest: Path, faces_root: Path, frames: int = 6) -> Path:
     entry = prepare_clip(ClipJob("c", "p", "train", (str(clip),)), dest, 128, frames)
     write_index(dest, [entry], [], 128)
     return dest
+
+
+def test_eye_pairs_change_eye_closure_more_than_plain_pairs(tmp_path: Path, faces_root: Path) -> None:
+    """On a real clip with blinks, ``eye_pair_prob`` pairs differ more in AU45 than random pairs."""
+    from train.dataset import AU45, PairDataset
+
+    data = _tiny_real_dataset(tmp_path / "real", faces_root, frames=16)
+    ds = PairDataset(data, "train")
+    clip = ds.clips[0]
+    assert np.ptp(clip.attrs[clip.valid, AU45]) > 1.0  # the clip blinks
+
+    def mean_change(**probs: float) -> float:
+        pairs = ds.sample_pairs(np.random.default_rng(0), 400, **probs)
+        return float(np.mean([abs(clip.attrs[s, AU45] - clip.attrs[t, AU45]) for _, s, t in pairs]))
+
+    assert mean_change(eye_pair_prob=1.0) > 1.5 * mean_change()
 
 
 def test_tiny_config_overfits_a_few_real_frames(tmp_path: Path, faces_root: Path) -> None:

@@ -43,6 +43,8 @@ class DataConfig:
         max_clips: use only the first N usable clips (0 = all).
         hard_pair_prob: probability that a pair's target is the most expression-changed
             of 4 candidate frames.
+        eye_pair_prob: probability (when not a hard pair) that the target is the one of
+            8 candidate frames whose eye closure (AU45) differs most from the source.
         augment: augmentation settings.
     """
 
@@ -50,7 +52,15 @@ class DataConfig:
     split: str = "train"
     max_clips: int = 0
     hard_pair_prob: float = 0.5
+    eye_pair_prob: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("hard_pair_prob", "eye_pair_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.hard_pair_prob + self.eye_pair_prob > 1.0:
+            raise ValueError("hard_pair_prob + eye_pair_prob must be at most 1")
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icface_video.attributes import NUM_ATTRS, NUM_AUS
+from icface_video.attributes import AU_NAMES, NUM_ATTRS, NUM_AUS
 
 INDEX_VERSION = 1
 NUM_LANDMARKS = 478
 _YAW, _ROLL = NUM_AUS + 1, NUM_AUS + 2
+AU45 = AU_NAMES.index("AU45")  # eye closure
 
 
 class DatasetError(ValueError):
@@ -144,12 +145,15 @@ class PairDataset:
     def num_frames(self) -> int:
         return sum(c.valid.size for c in self.clips)
 
-    def sample_pairs(self, rng: np.random.Generator, batch: int,
-                     hard_pair_prob: float = 0.0, candidates: int = 4) -> list[tuple[int, int, int]]:
+    def sample_pairs(self, rng: np.random.Generator, batch: int, hard_pair_prob: float = 0.0,
+                     eye_pair_prob: float = 0.0, candidates: int = 4) -> list[tuple[int, int, int]]:
         """Draw ``batch`` (clip, source frame, target frame) triples.
 
         With probability ``hard_pair_prob`` the target is the one of ``candidates`` random
         frames whose AUs differ most from the source (more expression change per step).
+        Otherwise, with probability ``eye_pair_prob``, it is the one of ``2 * candidates``
+        frames whose AU45 (eye closure, 0-5) differs most: blinks are short, so a plain
+        draw rarely pairs an open eye with a closed one.
         """
         out = []
         for _ in range(batch):
@@ -157,10 +161,14 @@ class PairDataset:
             clip = self.clips[ci]
             s = int(clip.valid[rng.integers(clip.valid.size)])
             others = clip.valid[clip.valid != s]
-            if rng.random() < hard_pair_prob:
+            u = rng.random()
+            if u < hard_pair_prob:
                 cand = others[rng.integers(others.size, size=candidates)]
                 diff = np.abs(clip.attrs[cand, :NUM_AUS] - clip.attrs[s, :NUM_AUS]).sum(axis=1)
                 t = int(cand[int(np.argmax(diff))])
+            elif u < hard_pair_prob + eye_pair_prob:
+                cand = others[rng.integers(others.size, size=2 * candidates)]
+                t = int(cand[int(np.argmax(np.abs(clip.attrs[cand, AU45] - clip.attrs[s, AU45])))])
             else:
                 t = int(others[rng.integers(others.size)])
             out.append((ci, s, t))
@@ -195,9 +203,9 @@ class PairDataset:
         }
 
     def sample_batch(self, rng: np.random.Generator, batch: int, augment: AugmentConfig | None = None,
-                     hard_pair_prob: float = 0.0) -> dict[str, torch.Tensor]:
+                     hard_pair_prob: float = 0.0, eye_pair_prob: float = 0.0) -> dict[str, torch.Tensor]:
         """:meth:`sample_pairs` + :meth:`collate` + :func:`augment_batch` (if given)."""
-        data = self.collate(self.sample_pairs(rng, batch, hard_pair_prob))
+        data = self.collate(self.sample_pairs(rng, batch, hard_pair_prob, eye_pair_prob))
         return augment_batch(data, rng, augment) if augment is not None else data
 
 

@@ -149,7 +149,8 @@ class Trainer:
         rng = np.random.default_rng([cfg.run.seed, self.step, self.dist.rank])
         torch.manual_seed(cfg.run.seed * 1_000_003 + self.step * 7919 + self.dist.rank)
         batch = {k: v.to(self.device) for k, v in
-                 self.data.sample_batch(rng, cfg.optim.batch_size, cfg.data.augment, cfg.data.hard_pair_prob).items()}
+                 self.data.sample_batch(rng, cfg.optim.batch_size, cfg.data.augment, cfg.data.hard_pair_prob,
+                                                    cfg.data.eye_pair_prob).items()}
         src, tgt = batch["source"], batch["target"]
         warm = min(1.0, (self.step + 1) / max(1, cfg.optim.warmup_steps))
         for opt, base in ((self.optG, cfg.optim.lr_g), (self.optD, cfg.optim.lr_d)):
