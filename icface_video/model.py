@@ -9,7 +9,7 @@ is used. Nothing is ever unpickled.
 Typical use::
 
     model = ReenactmentModel.load()                  # the shipped default model
-    cache = model.prepare_source(crop, source_attrs)  # once per source face
+    cache = model.prepare_source(crop, source_attrs)  # once per source face (or per batch of faces)
     frames = model.render(cache, driving_attrs)       # (B, 3, R, R) in [-1, 1]
 """
 
@@ -38,19 +38,24 @@ class SourceCache:
     """The once-per-source state: G_N's output / the encoder's features.
 
     Attributes:
-        tensors: network-specific cached tensors (batch 1).
+        tensors: network-specific cached tensors (batch 1, or one per source face).
         resolution: side R of the crops this cache renders.
     """
 
     tensors: dict[str, torch.Tensor]
     resolution: int
 
+    @property
+    def batch(self) -> int:
+        """How many source faces the cache holds."""
+        return int(next(iter(self.tensors.values())).shape[0])
+
 
 def _check_image(name: str, x: Any, resolution: int, batch: int | None = 1) -> torch.Tensor:
     if not torch.is_tensor(x):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != resolution or x.shape[3] != resolution:
-        raise ValueError(f"{name}: expected shape (1, 3, {resolution}, {resolution}), got {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected shape (B, 3, {resolution}, {resolution}), got {tuple(x.shape)}")
     if batch is not None and x.shape[0] != batch:
         raise ValueError(f"{name}: expected batch size {batch}, got {x.shape[0]}")
     if not x.is_floating_point():
@@ -76,7 +81,7 @@ class ReenactmentModel:
     """A loaded ICface generator in eval mode (inference only, no gradients).
 
     Convention:
-        crops: (1, 3, R, R) float RGB in [-1, 1], R = :attr:`resolution`, aligned like the
+        crops: (B, 3, R, R) float RGB in [-1, 1], R = :attr:`resolution`, aligned like the
             training crops (whole head, eyes around y = 0.45 R).
         attributes: (B, 20) float: 17 AU intensities 0..5 (``attributes.AU_NAMES``), then
             pitch, yaw, roll in radians (``attributes.POSE_NAMES``).
@@ -149,16 +154,16 @@ class ReenactmentModel:
 
     @torch.inference_mode()
     def prepare_source(self, crop: torch.Tensor, source_attrs: torch.Tensor) -> SourceCache:
-        """Run the once-per-source part (G_N / the encoder) on an aligned source crop.
+        """Run the once-per-source part (G_N / the encoder) on aligned source crops.
 
         Args:
-            crop: (1, 3, R, R) RGB in [-1, 1].
-            source_attrs: (1, 20) the crop's own attributes (AUs 0..5, angles in radians).
+            crop: (B, 3, R, R) RGB in [-1, 1]; B = 1 for a photo, B frames of a source clip.
+            source_attrs: (B, 20) each crop's own attributes (AUs 0..5, angles in radians).
         Returns:
             A :class:`SourceCache` for :meth:`render` and :meth:`neutralize`.
         """
-        crop = _check_image("crop", crop, self.resolution)
-        source_attrs = _check_attrs("source_attrs", source_attrs, batch=1)
+        crop = _check_image("crop", crop, self.resolution, batch=None)
+        source_attrs = _check_attrs("source_attrs", source_attrs, batch=crop.shape[0])
         dev = self.device
         crop = crop.to(dev, torch.float32).contiguous(memory_format=self._layout)
         tensors = self.generator.encode(crop, source_attrs.to(dev))
@@ -177,17 +182,17 @@ class ReenactmentModel:
         """Render the cached source with driving attributes.
 
         Args:
-            cache: from :meth:`prepare_source`.
+            cache: from :meth:`prepare_source`, of one source face (rendered B times) or of B.
             attrs: (B, 20) driving attributes (AUs 0..5, pitch/yaw/roll radians).
         Returns:
             (B, 3, R, R) float32 RGB in [-1, 1].
         """
         cache = self._check_cache(cache)
-        attrs = _check_attrs("attrs", attrs)
+        attrs = _check_attrs("attrs", attrs, batch=None if cache.batch == 1 else cache.batch)
         return self.generator.render(cache.tensors, attrs.to(self.device))["image"].clamp(-1, 1).contiguous()
 
     @torch.inference_mode()
     def neutralize(self, cache: SourceCache) -> torch.Tensor:
-        """The source's neutral face (zero AUs, zero angles): (1, 3, R, R) RGB in [-1, 1]."""
+        """The source's neutral face (zero AUs, zero angles): (B, 3, R, R) RGB in [-1, 1], B = ``cache.batch``."""
         cache = self._check_cache(cache)
         return self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()

@@ -8,11 +8,12 @@ Stages (one module each)::
 
 :func:`render_video` streams: memory holds one batch of frames, whatever the length.
 A still source is analysed, cropped and encoded by the network once; a source clip is
-decoded in step with the output and each of its frames is encoded in turn.
+decoded in step with the output and its frames are encoded a batch at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,43 +296,33 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                     batch_attrs = torch.from_numpy(np.ascontiguousarray(attrs[b0:b1], np.float32)).to(dev)
                     t0 = time.perf_counter()
                     if still:
-                        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                            crops = model.render(cache, batch_attrs).float().cpu()
-                        stages["generator"] += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        if options.crop_only:
-                            frames = to_uint8(crops)
-                        else:
-                            frames = paster.paste(first.rgb, crops, first.crop)
-                        stages["paste"] += time.perf_counter() - t0
-                        sources = [first.rgb] * (b1 - b0)
-                        faces = to_uint8(crops) if preview is not None else None
+                        sources = [first] * (b1 - b0)
                     else:
-                        frames, sources, faces = [], [], []
-                        for k in range(b0, b1):
-                            ts = time.perf_counter()
-                            _, sf = next(clip_frames)
-                            stages["source"] += time.perf_counter() - ts
-                            tg = time.perf_counter()
-                            c = model.prepare_source(sf.crop, torch.from_numpy(sf.attrs)[None])
-                            crop = model.render(c, batch_attrs[k - b0: k - b0 + 1]).float().cpu()
-                            stages["generator"] += time.perf_counter() - tg
-                            tp = time.perf_counter()
-                            if options.crop_only:
-                                frames.append(to_uint8(crop)[0])
-                            else:
-                                pb = PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
-                                frames.append(pb.paste(sf.rgb, crop, sf.crop)[0])
-                            stages["paste"] += time.perf_counter() - tp
-                            sources.append(sf.rgb)
-                            if preview is not None:
-                                faces.append(to_uint8(crop)[0])
-                        frames = np.stack(frames)
+                        # A source clip: this batch's source frames, encoded together.
+                        sources = [sf for _, sf in itertools.islice(clip_frames, b1 - b0)]
+                        stages["source"] += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        cache = model.prepare_source(torch.cat([sf.crop for sf in sources]),
+                                                     torch.from_numpy(np.stack([sf.attrs for sf in sources])))
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                        crops = model.render(cache, batch_attrs).float().cpu()
+                    stages["generator"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    if options.crop_only:
+                        frames = to_uint8(crops)
+                    elif still:
+                        frames = paster.paste(first.rgb, crops, first.crop)
+                    else:
+                        frames = np.stack([
+                            PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
+                            .paste(sf.rgb, crops[k:k + 1], sf.crop)[0] for k, sf in enumerate(sources)])
+                    stages["paste"] += time.perf_counter() - t0
+                    faces = to_uint8(crops) if preview is not None else None
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
                         enc.write(np.ascontiguousarray(frame[:height, :width]))
                         if preview is not None:
-                            preview.add(b0 + k, float(times[b0 + k]), sources[k], frame, faces[k])
+                            preview.add(b0 + k, float(times[b0 + k]), sources[k].rgb, frame, faces[k])
                     stages["encode"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(b1, n)

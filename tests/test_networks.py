@@ -99,6 +99,17 @@ def test_inference_api_roundtrip_and_argument_checks(tmp_path: Path) -> None:
         model.render(cache, torch.zeros(3, 19))
     with pytest.raises(TypeError, match="cache"):
         model.render({"x": 1}, torch.zeros(1, 20))
+    # Several source faces at once (a source clip's batch): frame k renders source k.
+    crops, src_attrs, drv = torch.rand(3, 3, 64, 64) * 2 - 1, torch.rand(3, 20), torch.rand(3, 20)
+    together = model.render(model.prepare_source(crops, src_attrs), drv)
+    for k in range(3):
+        alone = model.render(model.prepare_source(crops[k:k + 1], src_attrs[k:k + 1]), drv[k:k + 1])
+        torch.testing.assert_close(together[k:k + 1], alone, atol=1e-4, rtol=0)
+    assert model.neutralize(model.prepare_source(crops, src_attrs)).shape == (3, 3, 64, 64)
+    with pytest.raises(ValueError, match="source_attrs"):
+        model.prepare_source(crops, torch.zeros(2, 20))
+    with pytest.raises(ValueError, match="attrs"):
+        model.render(model.prepare_source(crops, src_attrs), torch.zeros(2, 20))
 
 
 def test_cpu_channels_last_inference_matches_the_plain_generator(tmp_path: Path) -> None:
