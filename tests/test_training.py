@@ -58,6 +58,7 @@ def test_shipped_configs_load() -> None:
     ("[model]\npreset = 'huge'\n", r"preset"),
     ("[loss]\nl1 = -1\n", r"loss\.l1"),
     ("[optim\n", r"invalid TOML"),
+    ("[run]\nthreads = -1\n", r"threads must be >= 0"),
     ("[data]\neye_pair_prob = 1.5\n", r"eye_pair_prob must be in \[0, 1\]"),
     ("[data]\nhard_pair_prob = 0.6\neye_pair_prob = 0.6\n", r"at most 1"),
 ])

@@ -119,6 +119,15 @@ class RunConfig:
     progress: bool = True
     max_wall_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "log_every", "image_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.max_wall_s < 0:
+            raise ValueError(f"max_wall_s must be >= 0, got {self.max_wall_s}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

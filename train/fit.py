@@ -298,9 +298,11 @@ def run(cfg: TrainConfig, resume: bool) -> int:
 @click.option("--data", default=None, help="Override data.root.")
 @click.option("--out", default=None, help="Override run.out_dir.")
 @click.option("--steps", type=int, default=None, help="Override optim.steps.")
+@click.option("--threads", type=int, default=None,
+              help="Override run.threads (torch CPU threads; 2 on an otherwise idle 2-core machine).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs to files only).")
 def main(config_path: str, resume: bool, data: str | None, out: str | None, steps: int | None,
-         no_progress: bool) -> None:
+         threads: int | None, no_progress: bool) -> None:
     """Train an ICface generator from a TOML config."""
     try:
         cfg = load_config(config_path)
@@ -311,6 +313,8 @@ def main(config_path: str, resume: bool, data: str | None, out: str | None, step
             raw["run"]["out_dir"] = out
         if steps is not None:
             raw["optim"]["steps"] = steps
+        if threads is not None:
+            raw["run"]["threads"] = threads
         if no_progress:
             raw["run"]["progress"] = False
         raw["model"] = {"preset": cfg.model.design, **raw["model"]}
