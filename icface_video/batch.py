@@ -40,7 +40,7 @@ EXIT_SOME_FAILED = 4
 PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
 FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
           "smooth", "smooth_strength", "face_index", "crop_only", "color_match", "crf", "x264_preset",
-          "no_audio", "preview", "batch_size")
+          "no_audio", "preview", "batch_size", "detail")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATE_DIR = ".icface-batch"
 
@@ -232,7 +232,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                 else:
                     f[key] = str(raw[key])
         numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "crf": (int, 0, 51),
-                   "batch_size": (int, 1, 256)}
+                   "batch_size": (int, 1, 256), "detail": (int, 0, 4096)}
         for key, (kind, lo, hi) in numbers.items():
             if key in raw:
                 try:
@@ -385,7 +385,8 @@ def to_reenact_job(spec: JobSpec):
 
     f = spec.fields
     parts = {k[: -len("_from")]: f[k] for k in PART_FIELDS if f.get(k)}
-    render = RenderOptions(batch_size=f.get("batch_size", 8), crop_only=f.get("crop_only", False),
+    render = RenderOptions(batch_size=f.get("batch_size", 8), detail=f.get("detail", RenderOptions.detail),
+                           crop_only=f.get("crop_only", False),
                            paste=PasteConfig(color_match=f.get("color_match", False)),
                            encode=EncodeConfig(crf=f.get("crf", 18), preset=f.get("x264_preset", "medium"),
                                                audio=not f.get("no_audio", False)),

@@ -186,6 +186,12 @@ def _sets(exprs: tuple[str, ...]):
     return [parse_set(e) for e in exprs]
 
 
+DETAIL_OPTION = click.option(
+    "--detail", type=click.IntRange(min=0), default=256, show_default=True,
+    help="Paste the face back from a source crop of up to this many pixels (the warp samples "
+         "the sharper crop; only mouth interior and lids come from the network's 128 px); 0 = off.")
+
+
 def render_options(func):
     """Options shared by the commands that write a video."""
     opts = [
@@ -193,6 +199,7 @@ def render_options(func):
                      help="Model folder (default: the shipped model)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
+        DETAIL_OPTION,
         click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
         click.option("--color-match", is_flag=True, help="Match the generated face's colours to the source."),
         click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="x264 quality (lower = better)."),
@@ -209,12 +216,12 @@ def render_options(func):
     return func
 
 
-def _render_options(batch_size, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
+def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
     from .encode import EncodeConfig
     from .paste import PasteConfig
     from .reenact import RenderOptions
 
-    return RenderOptions(batch_size=batch_size, crop_only=crop_only,
+    return RenderOptions(batch_size=batch_size, detail=detail, crop_only=crop_only,
                          paste=PasteConfig(color_match=color_match),
                          encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio),
                          preview=preview, overwrite=overwrite)
@@ -259,7 +266,7 @@ def stage_progress(enabled: bool) -> Iterator:
 @output_options
 def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
             relative, preset_names, set_exprs, smooth_method, smooth_strength, model_path, device, batch_size,
-            crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            detail, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
@@ -275,7 +282,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
                      presets=_presets(preset_names), sets=_sets(set_exprs),
                      smoothing=SmoothConfig(smooth_method, smooth_strength), face_index=face_index,
-                     render=_render_options(batch_size, crop_only, color_match, crf, x264_preset,
+                     render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
                                             no_audio, preview, overwrite))
     model = _load_model(model_path, device)
     with stage_progress(not quiet and not as_json) as update:
@@ -297,7 +304,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @render_options
 @output_options
 def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
-            crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            detail, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
     import numpy as np
 
@@ -326,22 +333,12 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     steady = [p for p in presets if p.timeline is None]
     attrs = apply_overrides(attrs, times, steady, [], envelope)
     attrs = apply_overrides(attrs, times, timed, sets)
-    options = _render_options(batch_size, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
+    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
     with stage_progress(not quiet and not as_json) as update:
         result = render_video(model, still, attrs, times, fps, output, options,
                               progress=(lambda d, t: update("render", d, t)) if update else None)
     summary = dict(result.__dict__, source=source)
     _report(summary, quiet, as_json)
-
-
-def _still_result(model, still, crop, crop_only: bool):
-    """(H, W, 3) uint8: the generated (1, 3, R, R) crop pasted into the photo, or the crop itself."""
-    from .paste import PasteBack
-    from .reenact import to_uint8
-
-    if crop_only:
-        return to_uint8(crop)[0]
-    return PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution).paste(still.rgb, crop)[0]
 
 
 def _write_image(output: str, rgb, overwrite: bool) -> None:
@@ -361,17 +358,19 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@DETAIL_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, crop_only, face_index, overwrite, quiet, as_json) -> None:
+def edit(source, output, preset_names, set_exprs, model_path, device, detail, crop_only, face_index, overwrite, quiet,
+         as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
     import torch
 
     from .jobs import apply_overrides
     from .outputs import check_output
-    from .reenact import analyze_still
+    from .reenact import analyze_still, render_still
 
     check_output(output, overwrite)
     if not preset_names and not set_exprs:
@@ -380,9 +379,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, crop_only,
     model = _load_model(model_path, device)
     still = analyze_still(source, model.resolution, face_index)
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
-    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
-    crop = model.render(cache, torch.from_numpy(attrs).to(model.device)).float().cpu()
-    image = _still_result(model, still, crop, crop_only)
+    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only)
     _write_image(output, image, overwrite)
     from .attributes import ATTR_NAMES
 
@@ -399,22 +396,19 @@ def edit(source, output, preset_names, set_exprs, model_path, device, crop_only,
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@DETAIL_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def neutralize(source, output, model_path, device, crop_only, face_index, overwrite, quiet, as_json) -> None:
+def neutralize(source, output, model_path, device, detail, crop_only, face_index, overwrite, quiet, as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
-    import torch
-
     from .outputs import check_output
-    from .reenact import analyze_still
+    from .reenact import analyze_still, render_still
 
     check_output(output, overwrite)
     model = _load_model(model_path, device)
     still = analyze_still(source, model.resolution, face_index)
-    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
-    crop = model.neutralize(cache).float().cpu()
-    _write_image(output, _still_result(model, still, crop, crop_only), overwrite)
+    _write_image(output, render_still(model, still, None, detail, crop_only), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))
     elif not quiet:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from icface_video.attributes import NUM_ATTRS
 from icface_video.errors import InputError
-from icface_video.networks import Generator, GeneratorConfig
+from icface_video.networks import Generator, GeneratorConfig, compose_detail
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
@@ -178,21 +178,37 @@ class ReenactmentModel:
         return cache
 
     @torch.inference_mode()
-    def render(self, cache: SourceCache, attrs: torch.Tensor) -> torch.Tensor:
+    def render(self, cache: SourceCache, attrs: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
         """Render the cached source with driving attributes.
 
         Args:
             cache: from :meth:`prepare_source`, of one source face (rendered B times) or of B.
             attrs: (B, 20) driving attributes (AUs 0..5, pitch/yaw/roll radians).
+            detail: optional (1 or B, 3, S, S) RGB in [-1, 1], the source crop(s) again at
+                S > R pixels: the warp then samples it (:func:`networks.compose_detail`).
         Returns:
-            (B, 3, R, R) float32 RGB in [-1, 1].
+            (B, 3, R, R) float32 RGB in [-1, 1], or (B, 3, S, S) with ``detail``.
         """
         cache = self._check_cache(cache)
         attrs = _check_attrs("attrs", attrs, batch=None if cache.batch == 1 else cache.batch)
-        return self.generator.render(cache.tensors, attrs.to(self.device))["image"].clamp(-1, 1).contiguous()
+        out = self.generator.render(cache.tensors, attrs.to(self.device))
+        return self._finish(out, detail)
 
     @torch.inference_mode()
-    def neutralize(self, cache: SourceCache) -> torch.Tensor:
-        """The source's neutral face (zero AUs, zero angles): (B, 3, R, R) RGB in [-1, 1], B = ``cache.batch``."""
+    def neutralize(self, cache: SourceCache, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """The source's neutral face (zero AUs, zero angles): (B, 3, R, R) RGB in [-1, 1], B = ``cache.batch``
+        ((B, 3, S, S) with ``detail``, as in :meth:`render`)."""
         cache = self._check_cache(cache)
-        return self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()
+        if detail is None or self.config.design == "paper":
+            out = {"image": self.generator.neutralize(cache.tensors)}
+        else:
+            out = self.generator.render(cache.tensors, torch.zeros_like(cache.tensors["source_attrs"]))
+        return self._finish(out, detail)
+
+    def _finish(self, out: dict[str, torch.Tensor], detail: torch.Tensor | None) -> torch.Tensor:
+        if detail is None:
+            return out["image"].clamp(-1, 1).contiguous()
+        detail = _check_image("detail", detail, detail.shape[-1] if torch.is_tensor(detail) else 0, batch=None)
+        if detail.shape[-1] < self.resolution:
+            raise ValueError(f"detail: side {detail.shape[-1]} is below the model's resolution {self.resolution}")
+        return compose_detail(out, detail.to(self.device, torch.float32)).contiguous()
