@@ -232,7 +232,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                 else:
                     f[key] = str(raw[key])
         numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "crf": (int, 0, 51),
-                   "batch_size": (int, 1, 256), "detail": (int, 0, 4096)}
+                   "batch_size": (int, 1, 256)}
         for key, (kind, lo, hi) in numbers.items():
             if key in raw:
                 try:
@@ -242,7 +242,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                     f[key] = value
                 except (TypeError, ValueError):
                     bad.append(Problem(row, key, f"expected a number within {lo}..{hi}, got {raw[key]!r}"))
-        for key in ("relative", "crop_only", "color_match", "no_audio", "preview"):
+        for key in ("relative", "crop_only", "color_match", "no_audio", "preview", "detail"):
             if key in raw:
                 try:
                     f[key] = _as_bool(raw[key])

@@ -187,9 +187,9 @@ def _sets(exprs: tuple[str, ...]):
 
 
 DETAIL_OPTION = click.option(
-    "--detail", type=click.IntRange(min=0), default=256, show_default=True,
-    help="Paste the face back from a source crop of up to this many pixels (the warp samples "
-         "the sharper crop; only mouth interior and lids come from the network's 128 px); 0 = off.")
+    "--detail/--no-detail", default=True, show_default=True,
+    help="Paste back at the frame's resolution: the network's warp fetches from the source frame itself, "
+         "only what it draws (mouth interior, lids) comes from its 128 px crop. --no-detail pastes the crop.")
 
 
 def render_options(func):

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from icface_video.attributes import NUM_ATTRS
 from icface_video.errors import InputError
-from icface_video.networks import Generator, GeneratorConfig, compose_detail
+from icface_video.networks import Generator, GeneratorConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
@@ -178,37 +178,49 @@ class ReenactmentModel:
         return cache
 
     @torch.inference_mode()
-    def render(self, cache: SourceCache, attrs: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+    def render(self, cache: SourceCache, attrs: torch.Tensor) -> torch.Tensor:
         """Render the cached source with driving attributes.
 
         Args:
             cache: from :meth:`prepare_source`, of one source face (rendered B times) or of B.
             attrs: (B, 20) driving attributes (AUs 0..5, pitch/yaw/roll radians).
-            detail: optional (1 or B, 3, S, S) RGB in [-1, 1], the source crop(s) again at
-                S > R pixels: the warp then samples it (:func:`networks.compose_detail`).
         Returns:
-            (B, 3, R, R) float32 RGB in [-1, 1], or (B, 3, S, S) with ``detail``.
+            (B, 3, R, R) float32 RGB in [-1, 1].
+        """
+        return self.render_parts(cache, attrs)["image"]
+
+    @torch.inference_mode()
+    def render_parts(self, cache: SourceCache, attrs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`render` with the fast design's parts, for paste-back at full resolution.
+
+        Returns:
+            ``image`` (B, 3, R, R) in [-1, 1]; fast design also ``grid`` (B, R, R, 2): where
+            each output pixel fetches the source crop (``grid_sample`` coordinates, -1..1,
+            ``align_corners=False``), ``mask`` (B, 1, R, R) 0..1 (1 = fetched source, 0 =
+            drawn) and ``generated`` (B, 3, R, R) in [-1, 1], the drawn part
+            (``image = mask * source[grid] + (1 - mask) * generated``).
         """
         cache = self._check_cache(cache)
         attrs = _check_attrs("attrs", attrs, batch=None if cache.batch == 1 else cache.batch)
-        out = self.generator.render(cache.tensors, attrs.to(self.device))
-        return self._finish(out, detail)
+        return self._finish(self.generator.render(cache.tensors, attrs.to(self.device)))
 
     @torch.inference_mode()
-    def neutralize(self, cache: SourceCache, detail: torch.Tensor | None = None) -> torch.Tensor:
-        """The source's neutral face (zero AUs, zero angles): (B, 3, R, R) RGB in [-1, 1], B = ``cache.batch``
-        ((B, 3, S, S) with ``detail``, as in :meth:`render`)."""
-        cache = self._check_cache(cache)
-        if detail is None or self.config.design == "paper":
-            out = {"image": self.generator.neutralize(cache.tensors)}
-        else:
-            out = self.generator.render(cache.tensors, torch.zeros_like(cache.tensors["source_attrs"]))
-        return self._finish(out, detail)
+    def neutralize(self, cache: SourceCache) -> torch.Tensor:
+        """The source's neutral face (zero AUs, zero angles): (B, 3, R, R) RGB in [-1, 1], B = ``cache.batch``."""
+        return self.neutralize_parts(cache)["image"]
 
-    def _finish(self, out: dict[str, torch.Tensor], detail: torch.Tensor | None) -> torch.Tensor:
-        if detail is None:
-            return out["image"].clamp(-1, 1).contiguous()
-        detail = _check_image("detail", detail, detail.shape[-1] if torch.is_tensor(detail) else 0, batch=None)
-        if detail.shape[-1] < self.resolution:
-            raise ValueError(f"detail: side {detail.shape[-1]} is below the model's resolution {self.resolution}")
-        return compose_detail(out, detail.to(self.device, torch.float32)).contiguous()
+    @torch.inference_mode()
+    def neutralize_parts(self, cache: SourceCache) -> dict[str, torch.Tensor]:
+        """:meth:`neutralize` with the parts of :meth:`render_parts` (fast design)."""
+        cache = self._check_cache(cache)
+        if self.config.design == "paper":
+            return {"image": self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()}
+        return self._finish(self.generator.render(cache.tensors, torch.zeros_like(cache.tensors["source_attrs"])))
+
+    @staticmethod
+    def _finish(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = {"image": out["image"].clamp(-1, 1).contiguous()}
+        for key in ("grid", "mask", "generated"):
+            if key in out:
+                parts[key] = out[key].contiguous()
+        return parts

@@ -260,40 +260,6 @@ def warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def compose_detail(out: dict[str, torch.Tensor], detail: torch.Tensor) -> torch.Tensor:
-    """Re-compose a render at the resolution of a sharper copy of the source crop.
-
-    The fast design's output is ``mask * warp(source, grid) + (1 - mask) * generated``;
-    here the flow, mask and generated image are upsampled and the warp samples ``detail``
-    (the same framing as the source crop, at S > R pixels), so identity, hair and skin
-    keep the source's own sharpness and only what warping cannot produce is upsampled.
-    The paper design has no warp: its image is upsampled.
-
-    Convention:
-        out: :meth:`Generator.render`'s dict at resolution R (``image``; fast design also
-            ``grid`` (B, R, R, 2), ``mask`` (B, 1, R, R), ``generated`` (B, 3, R, R)).
-        detail: (1 or B, 3, S, S) RGB in [-1, 1], S >= R.
-        returns: (B, 3, S, S) RGB in [-1, 1].
-    """
-    size = detail.shape[-1]
-    if detail.dim() != 4 or detail.shape[1] != 3 or detail.shape[-2] != size:
-        raise ValueError(f"detail: expected shape (B, 3, S, S), got {tuple(detail.shape)}")
-
-    def up(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-
-    if "grid" not in out:
-        return up(out["image"]).clamp(-1, 1)
-    grid = out["grid"]
-    b, r = grid.shape[0], grid.shape[1]
-    if detail.shape[0] not in (1, b):
-        raise ValueError(f"detail: batch {detail.shape[0]} does not match the {b} rendered frames")
-    flow = (grid - identity_grid(b, r, r, grid.device, grid.dtype)).permute(0, 3, 1, 2)
-    grid_hi = identity_grid(b, size, size, grid.device, grid.dtype) + up(flow).permute(0, 2, 3, 1)
-    mask = up(out["mask"])
-    source = detail.to(grid.dtype).expand(b, -1, -1, -1)
-    return (mask * warp(source, grid_hi) + (1 - mask) * up(out["generated"])).clamp(-1, 1)
-
 
 # ---------------------------------------------------------------------------------------
 # The generator

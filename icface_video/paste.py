@@ -4,6 +4,18 @@ The crop was cut with the 2x3 matrix ``M`` (full frame -> crop, :mod:`icface_vid
 its inverse carries the generated crop back. Only the face-oval region is replaced, with
 a feathered mask, so pixels far from the face keep their original values exactly.
 Warping is limited to the mask's bounding box in the frame (a region of interest).
+
+Two ways in:
+
+* :meth:`PasteBack.paste`: a finished R x R crop is warped back (upsampled to the face's
+  size in the frame, so it carries the network's resolution).
+* :meth:`PasteBack.paste_parts` (fast design, the default): the network's parts (where
+  each crop pixel fetches the source, the mask, the drawn image) are carried to the frame
+  instead, and the fetch samples the source *frame* itself: skin, hair and eyes keep the
+  frame's own sharpness, and only the drawn part (mouth interior, lids) is upsampled.
+
+Pixel coordinates follow OpenCV (pixel centres at integers, origin top-left), as
+:func:`icface_video.align.warp_crop` cuts the crop.
 """
 
 from __future__ import annotations
@@ -113,10 +125,30 @@ class PasteBack:
         import kornia
 
         self._warp = kornia.geometry.transform.warp_affine
+        self._remap = kornia.geometry.transform.remap
         if x1 > x0 and y1 > y0:
             self.mask_roi = self._warp(self.mask_crop, self.matrix, (y1 - y0, x1 - x0), align_corners=True)
         else:
             self.mask_roi = None
+            return
+        # For paste_parts (all in grid_sample's -1..1 units, align_corners=True, so that
+        # pixel centres sit at integers as in OpenCV): each ROI pixel's position in the crop,
+        # and the affine map from a crop position to a position in the frame area fetched from.
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        m = np.asarray(matrix, np.float64)
+        in_crop = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]], -1)
+        self._roi_grid = torch.from_numpy((in_crop * (2.0 / (size - 1)) - 1.0).astype(np.float32))[None]
+        # The frame area the fetch may sample: the ROI grown by half its size (flows are far smaller).
+        gx, gy = (x1 - x0) // 2, (y1 - y0) // 2
+        bx0, by0, bx1, by1 = max(0, x0 - gx), max(0, y0 - gy), min(w, x1 + gx), min(h, y1 + gy)
+        self._fetch_box = (bx0, by0, bx1, by1)
+        # crop grid_sample coords (align_corners=False) -> crop pixels -> frame pixels -> box coords.
+        to_pixels = np.array([[size / 2.0, 0, (size - 1) / 2.0], [0, size / 2.0, (size - 1) / 2.0], [0, 0, 1]])
+        to_box = np.array([[2.0 / max(bx1 - bx0 - 1, 1), 0, -1 - 2.0 * bx0 / max(bx1 - bx0 - 1, 1)],
+                           [0, 2.0 / max(by1 - by0 - 1, 1), -1 - 2.0 * by0 / max(by1 - by0 - 1, 1)], [0, 0, 1]])
+        fetch = to_box @ np.vstack([inv, [0, 0, 1]]) @ to_pixels
+        self._fetch_affine = torch.from_numpy(fetch[:2].astype(np.float32))
+        self._pictures: tuple[np.ndarray, torch.Tensor] | None = None
 
     def paste(self, frames: np.ndarray, crops: torch.Tensor, reference: torch.Tensor | None = None) -> np.ndarray:
         """Blend generated crops into frames.
@@ -147,6 +179,64 @@ class PasteBack:
         warped.mul_(self.mask_roi).add_(background).add_(0.5).clamp_(0, 255)
         out[:, y0:y1, x0:x1] = warped.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return out
+
+    def paste_parts(self, frames: np.ndarray, parts: dict[str, torch.Tensor],
+                    reference: torch.Tensor | None = None) -> np.ndarray:
+        """Blend a fast-design render into frames at the frames' own resolution.
+
+        Convention:
+            frames: (B, H, W, 3) uint8 RGB or (H, W, 3) shared by all (a still source);
+                these are also the pictures the fetch samples (the source frames).
+            parts: from :meth:`icface_video.model.ReenactmentModel.render_parts`: ``grid``
+                (B, S, S, 2) -1..1 source-crop coordinates (``align_corners=False``),
+                ``mask`` (B, 1, S, S) 0..1, ``generated`` (B, 3, S, S) in [-1, 1].
+            reference: (1, 3, S, S) the source crop in [-1, 1], for colour matching of the
+                drawn part.
+            returns: (B, H, W, 3) uint8.
+        """
+        grid, mask, generated = parts["grid"].float(), parts["mask"].float(), parts["generated"].float()
+        b, size = grid.shape[0], grid.shape[1]
+        if size != self.size:
+            raise ValueError(f"parts: rendered at {size} px, this paste-back expects {self.size}")
+        base = np.broadcast_to(frames, (b,) + frames.shape[-3:]) if frames.ndim == 3 else frames
+        out = np.array(base, copy=True)
+        if self.mask_roi is None:
+            return out
+        if self.config.color_match and reference is not None:
+            generated = match_colors(generated, reference.float(), self.mask_crop)
+        x0, y0, x1, y1 = self.roi
+        h, w = y1 - y0, x1 - x0
+        # 1. The network's parts at every ROI pixel (at its position in the crop); the
+        #    fetch positions are mapped to the fetched frame area first (an affine map).
+        a = self._fetch_affine
+        fetch = torch.einsum("ij,bjyx->biyx", a[:, :2], grid.permute(0, 3, 1, 2)) + a[:, 2, None, None]
+        drawn = (generated.clamp(-1, 1) + 1.0) * 127.5
+        stacked = torch.cat([fetch, mask.clamp(0, 1), drawn], dim=1)
+        at_roi = self._remap(stacked, *self._roi_grid.expand(b, h, w, 2).unbind(-1), mode="bilinear",
+                             padding_mode="border", align_corners=True, normalized_coordinates=True)
+        # 2. Fetch from the source frame(s); blend with the drawn part, then with the frame.
+        fetched = self._remap(self._fetch_pictures(frames, b), at_roi[:, 0], at_roi[:, 1], mode="bilinear",
+                              padding_mode="border", align_corners=True, normalized_coordinates=True)
+        face = torch.lerp(at_roi[:, 3:6], fetched, at_roi[:, 2:3])
+        background = self._background(frames) if frames.ndim == 3 else None
+        if background is None:
+            region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
+            background = region.mul_(1.0 - self.mask_roi)
+        # Values stay within 0..255 (convex blends of 0..255 values): +0.5 then truncation rounds.
+        face.mul_(self.mask_roi).add_(background).add_(0.5)
+        out[:, y0:y1, x0:x1] = face.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out
+
+    def _fetch_pictures(self, frames: np.ndarray, batch: int) -> torch.Tensor:
+        """(B, 3, h, w) float 0..255: the fetched frame area of each frame (cached for a still)."""
+        bx0, by0, bx1, by1 = self._fetch_box
+        if frames.ndim == 4:
+            area = np.ascontiguousarray(frames[:, by0:by1, bx0:bx1])
+            return torch.from_numpy(area).permute(0, 3, 1, 2).float()
+        if self._pictures is None or self._pictures[0] is not frames:
+            area = np.ascontiguousarray(frames[by0:by1, bx0:bx1])
+            self._pictures = (frames, torch.from_numpy(area).permute(2, 0, 1)[None].float())
+        return self._pictures[1].expand(batch, -1, -1, -1)
 
     def _background(self, frame: np.ndarray) -> torch.Tensor:
         """(1, 3, h, w) float: ``frame``'s region of interest times (1 - mask), cached per frame."""

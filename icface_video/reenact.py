@@ -41,9 +41,9 @@ class RenderOptions:
 
     Attributes:
         batch_size: frames per generator call (the device is the model's own).
-        detail: largest side, in pixels, of the sharper source crop that the warp samples
-            from when the face covers more pixels in the frame than the network's
-            resolution R (:func:`detail_size`); 0 = off (the face is pasted from R pixels).
+        detail: paste the fast design's parts back (:meth:`PasteBack.paste_parts`): the
+            warp fetches from the full-resolution source frame; False = paste the R x R
+            crop (the face then carries the network's resolution).
         crop_only: write the aligned generated crops instead of pasting them back.
         paste: :class:`PasteConfig` (mask growth, feathering, colour matching).
         encode: :class:`EncodeConfig` (crf, x264 preset, audio).
@@ -53,7 +53,7 @@ class RenderOptions:
     """
 
     batch_size: int = 8
-    detail: int = 256
+    detail: bool = True
     crop_only: bool = False
     paste: PasteConfig = field(default_factory=PasteConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
@@ -109,20 +109,6 @@ class SourceFrame:
     matrix: np.ndarray
     crop: torch.Tensor
 
-    def at_size(self, size: int) -> tuple[np.ndarray, torch.Tensor]:
-        """The same framing cut at another side: ((2, 3) full frame -> crop matrix, (1, 3, size, size) in [-1, 1])."""
-        matrix = self.matrix * (size / self.crop.shape[-1])  # crop_matrix is linear in the crop side
-        return matrix, to_tensor(warp_crop(self.rgb, matrix, AlignConfig(size=size)))
-
-
-def detail_size(source: SourceFrame, resolution: int, limit: int) -> int:
-    """Side S of the sharper source crop for paste-back: the face crop's extent in frame
-    pixels, rounded up to a multiple of 32, capped at ``limit``; ``resolution`` (no
-    sharper crop) when that is not larger than the network's resolution."""
-    frame_side = resolution / float(source.matrix[0, 0])  # crop side in frame pixels
-    size = min(int(limit), int(np.ceil(frame_side / 32.0) * 32))
-    return size if size > resolution else resolution
-
 
 def analyze_still(path: str | Path, size: int, face_index: int = 0) -> SourceFrame:
     """Load a photo (or a clip's first frame), find the face, crop it.
@@ -146,20 +132,17 @@ def make_source_frame(rgb: np.ndarray, landmarks: np.ndarray, attrs: np.ndarray,
     return SourceFrame(rgb, attrs, landmarks, m, to_tensor(warp_crop(rgb, m, align)))
 
 
-def paste_for(source: SourceFrame, size: int, config: PasteConfig = PasteConfig()) -> tuple[PasteBack, torch.Tensor]:
-    """Paste-back of ``source`` at crop side ``size``, and the source crop at that side.
-
-    Convention:
-        size: S >= R (R = ``source.crop``'s side).
-        returns: (:class:`PasteBack` for (S, S) crops, (1, 3, S, S) crop in [-1, 1]: the
-            colour-matching reference, and the ``detail`` for ``model.render`` when S > R).
-    """
-    matrix, crop = (source.matrix, source.crop) if size == source.crop.shape[-1] else source.at_size(size)
-    return PasteBack(source.rgb.shape[:2], matrix, source.landmarks, size, config), crop
+def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.Tensor],
+                 reference: torch.Tensor | None, detail: bool = True) -> np.ndarray:
+    """Paste a render back: its parts at the frame's resolution when ``detail`` and the
+    model has them (fast design), else its finished crop. Shapes as in :class:`PasteBack`."""
+    if detail and "grid" in parts:
+        return paster.paste_parts(frames, parts, reference)
+    return paster.paste(frames, parts["image"], reference)
 
 
-def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: int = 256,
-                 crop_only: bool = False, cache=None) -> np.ndarray:
+def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: bool = True,
+                 crop_only: bool = False) -> np.ndarray:
     """One photo re-rendered (``edit``) or neutralised (``attrs`` None: ``neutralize``).
 
     Convention:
@@ -167,15 +150,13 @@ def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: 
         detail: as :attr:`RenderOptions.detail`.
         returns: (H, W, 3) uint8 RGB, the photo's size; with ``crop_only`` the (R, R, 3) crop.
     """
-    cache = cache or model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
+    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
+    parts = model.render_parts(cache, attrs) if attrs is not None else model.neutralize_parts(cache)
+    parts = {k: v.float().cpu() for k, v in parts.items()}
     if crop_only:
-        crop = model.render(cache, attrs) if attrs is not None else model.neutralize(cache)
-        return to_uint8(crop)[0]
-    size = detail_size(still, model.resolution, detail)
-    paster, ref = paste_for(still, size)
-    extra = ref if size > model.resolution else None
-    crop = model.render(cache, attrs, extra) if attrs is not None else model.neutralize(cache, extra)
-    return paster.paste(still.rgb, crop.float().cpu(), ref)[0]
+        return to_uint8(parts["image"])[0]
+    paster = PasteBack(still.rgb.shape[:2], still.matrix, still.landmarks, model.resolution)
+    return paste_render(paster, still.rgb, parts, still.crop, detail)[0]
 
 
 class SourceClip:
@@ -332,13 +313,11 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     cache = None
     if still:
         cache = source_cache or model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None])
-    # Paste-back at S >= R: the warp samples a sharper crop of each source frame (one S per run).
-    size = model.resolution if options.crop_only else detail_size(first, model.resolution, options.detail)
 
-    def paste_setup(sf: SourceFrame) -> tuple[PasteBack, torch.Tensor]:
-        return paste_for(sf, size, options.paste)
+    def paster_for(sf: SourceFrame) -> PasteBack:
+        return PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
 
-    still_paste = paste_setup(first) if still and not options.crop_only else None
+    paster = paster_for(first) if still and not options.crop_only else None
     preview = Preview(output, fps, n, options.overwrite, driver_video) if options.preview else None
     has_audio = bool(audio_from) and options.encode.audio
     ok = False
@@ -353,27 +332,28 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                     t0 = time.perf_counter()
                     if still:
                         sources = [first] * (b1 - b0)
-                        setups = [still_paste] if still_paste is not None else []
                     else:
                         # A source clip: this batch's source frames, encoded together.
                         sources = [sf for _, sf in itertools.islice(clip_frames, b1 - b0)]
-                        setups = [] if options.crop_only else [paste_setup(sf) for sf in sources]
                         stages["source"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         cache = model.prepare_source(torch.cat([sf.crop for sf in sources]),
                                                      torch.from_numpy(np.stack([sf.attrs for sf in sources])))
-                    detail = torch.cat([c for _, c in setups]) if setups and size > model.resolution else None
                     with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                        crops = model.render(cache, batch_attrs, detail).float().cpu()
+                        parts = model.render_parts(cache, batch_attrs)
+                    parts = {k: v.float().cpu() for k, v in parts.items()}
                     stages["generator"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
+                    crops = parts["image"]
                     if options.crop_only:
                         frames = to_uint8(crops)
                     elif still:
-                        frames = still_paste[0].paste(first.rgb, crops, still_paste[1])
+                        frames = paste_render(paster, first.rgb, parts, first.crop, options.detail)
                     else:
-                        frames = np.stack([pb.paste(sf.rgb, crops[k:k + 1], ref)[0]
-                                           for k, ((pb, ref), sf) in enumerate(zip(setups, sources))])
+                        frames = np.stack([
+                            paste_render(paster_for(sf), sf.rgb, {k: v[i:i + 1] for k, v in parts.items()},
+                                         sf.crop, options.detail)[0]
+                            for i, sf in enumerate(sources)])
                     stages["paste"] += time.perf_counter() - t0
                     faces = to_uint8(crops) if preview is not None else None
                     t0 = time.perf_counter()

@@ -112,26 +112,20 @@ def test_inference_api_roundtrip_and_argument_checks(tmp_path: Path) -> None:
         model.render(model.prepare_source(crops, src_attrs), torch.zeros(2, 20))
 
 
-def test_detail_at_the_network_resolution_reproduces_the_render(tmp_path: Path) -> None:
-    """compose_detail with the source crop itself (S = R) gives the plain render back; a
-    sharper crop gives (B, 3, S, S) frames; bad detail tensors are named in the error."""
-    from icface_video.networks import compose_detail
+def test_render_parts_compose_the_image(tmp_path: Path) -> None:
+    """render_parts' image is mask * source[grid] + (1 - mask) * generated (what paste_parts relies on)."""
+    from icface_video.networks import warp
 
     cfg = _tiny_fast(64)
     model = ReenactmentModel.load(_export(tmp_path, cfg))
     crop, src, drv = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 20), torch.rand(3, 20)
-    with torch.inference_mode():
-        out = model.generator.render(model.prepare_source(crop, src).tensors, drv)
-        torch.testing.assert_close(compose_detail(out, crop), out["image"].clamp(-1, 1), atol=1e-5, rtol=0)
     cache = model.prepare_source(crop, src)
-    big = torch.nn.functional.interpolate(crop, size=(160, 160), mode="bilinear", align_corners=False)
-    frames = model.render(cache, drv, detail=big)
-    assert frames.shape == (3, 3, 160, 160) and frames.min() >= -1 and frames.max() <= 1
-    assert model.neutralize(cache, detail=big).shape == (1, 3, 160, 160)
-    with pytest.raises(ValueError, match="detail"):
-        model.render(cache, drv, detail=torch.rand(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="detail"):
-        model.render(cache, drv, detail=torch.rand(1, 3, 160, 128))
+    parts = model.render_parts(cache, drv)
+    assert parts["grid"].shape == (3, 64, 64, 2) and parts["mask"].shape == (3, 1, 64, 64)
+    composed = parts["mask"] * warp(crop.expand(3, -1, -1, -1), parts["grid"]) + (1 - parts["mask"]) * parts["generated"]
+    torch.testing.assert_close(parts["image"], composed.clamp(-1, 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.render(cache, drv), parts["image"])
+    torch.testing.assert_close(model.neutralize_parts(cache)["image"], model.neutralize(cache))
 
 
 def test_cpu_channels_last_inference_matches_the_plain_generator(tmp_path: Path) -> None:

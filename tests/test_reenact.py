@@ -164,7 +164,7 @@ def test_existing_output_untouched_and_interrupt_leaves_nothing(run_cli, plumbin
     # An interrupted render (Ctrl-C mid-way) leaves no file under the final name and no temp file.
     import icface_video.reenact as R
 
-    real = R.PasteBack.paste
+    real = R.PasteBack.paste_parts
     calls = {"n": 0}
 
     def interrupt(self, *a, **k):
@@ -173,7 +173,7 @@ def test_existing_output_untouched_and_interrupt_leaves_nothing(run_cli, plumbin
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(R.PasteBack, "paste", interrupt)
+    monkeypatch.setattr(R.PasteBack, "paste_parts", interrupt)
     target = workdir / "new.mp4"
     r = run_cli(["reenact", "-s", media["photo"], "-d", media["grid"], "-o", target, "--model", plumbing_model,
                  "--batch-size", "4"])
