@@ -413,7 +413,7 @@ def _worker_init(model_path: str | None, device: str, threads: int, in_process: 
         torch.set_num_threads(max(1, threads))
         set_analysis_workers(max(1, min(2, threads)))  # the cores are already shared between jobs
     _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
-    from .jobs import AnalysisCache
+    from .memo import AnalysisCache
 
     _WORKER["cache"] = AnalysisCache()
 

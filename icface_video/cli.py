@@ -273,20 +273,25 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     count, the driver's audio. A source clip is reenacted frame by frame (its last frame
     is held if the driver is longer).
     """
-    from .jobs import ReenactJob, run_reenact
+    from .memo import AnalysisCache, driver_list, prefetch_tracks
     from .outputs import check_output
 
     check_output(output, overwrite)
     parts = {k: v for k, v in (("pose", pose_from), ("expression", expression_from), ("eyes", eyes_from),
                                ("mouth", mouth_from), ("brows", brows_from)) if v}
-    job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
-                     presets=_presets(preset_names), sets=_sets(set_exprs),
-                     smoothing=SmoothConfig(smooth_method, smooth_strength), face_index=face_index,
-                     render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
-                                            no_audio, preview, overwrite))
-    model = _load_model(model_path, device)
+    presets, sets, smoothing = _presets(preset_names), _sets(set_exprs), SmoothConfig(smooth_method, smooth_strength)
     with stage_progress(not quiet and not as_json) as update:
-        summary = run_reenact(job, model, update)
+        # The drivers are analysed in a second thread while torch and the model load.
+        cache = AnalysisCache()
+        prefetch_tracks(cache, driver_list(driving, parts), smoothing, face_index, update)
+        from .jobs import ReenactJob, run_reenact
+
+        job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
+                         presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
+                         render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
+                                                no_audio, preview, overwrite))
+        model = _load_model(model_path, device)
+        summary = run_reenact(job, model, update, cache)
     _report(summary, quiet, as_json)
 
 

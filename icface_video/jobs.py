@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 
 from .controls import Op, apply_ops
-from .driving import AttributeTrack, compose, load_track
+from .driving import AttributeTrack, compose
 from .errors import UsageError
 from .media import probe
+from .memo import AnalysisCache, cached_track, driver_label
 from .presets import Preset
 from .reenact import RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, render_video
 from .smoothing import SmoothConfig
@@ -83,30 +84,6 @@ def apply_overrides(attrs: np.ndarray, times: np.ndarray, presets: list[Preset],
     return apply_ops(out, sets) if sets else np.asarray(out, np.float32)
 
 
-class AnalysisCache:
-    """Memo of analysed sources and drivers, so a batch analyses each file once.
-
-    Keys include the file's size and mtime, so a changed file is analysed again.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[tuple, object] = {}
-
-    @staticmethod
-    def _key(kind: str, path: str, *extra: object) -> tuple:
-        st = Path(path).stat()
-        return (kind, str(Path(path).resolve()), st.st_size, st.st_mtime_ns, *extra)
-
-    def get(self, kind: str, path: str, make: Callable[[], object], *extra: object) -> object:
-        try:
-            key = self._key(kind, path, *extra)
-        except OSError:
-            return make()  # let the maker raise its own clear error
-        if key not in self._items:
-            self._items[key] = make()
-        return self._items[key]
-
-
 def plan_attributes(job: ReenactJob, resolution: int,
                     progress: Callable[[str, int, int], None] | None = None,
                     cache: AnalysisCache | None = None) -> Plan:
@@ -122,8 +99,7 @@ def plan_attributes(job: ReenactJob, resolution: int,
     memo = cache or AnalysisCache()
 
     def track_of(path: str, label: str) -> AttributeTrack:
-        return memo.get("track", path, lambda: load_track(path, job.smoothing, job.face_index, step(label)),
-                        job.smoothing, job.face_index)
+        return cached_track(memo, path, job.smoothing, job.face_index, step(label))
 
     info = probe(job.source)
     if info.is_still and not job.driving and not job.parts:
@@ -143,8 +119,8 @@ def plan_attributes(job: ReenactJob, resolution: int,
         try:
             tracks: dict[str, AttributeTrack] = {}
             for region, path in job.parts.items():
-                tracks[region] = track_of(path, f"analyse {region} driver")
-            main = track_of(job.driving, "analyse driver") if job.driving else None
+                tracks[region] = track_of(path, driver_label(region))
+            main = track_of(job.driving, driver_label(None)) if job.driving else None
         except BaseException:
             pending.cancel()
             raise

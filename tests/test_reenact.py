@@ -300,3 +300,38 @@ def test_encoder_failure_leaves_nothing(run_cli, plumbing_model, media, workdir,
     _one_error(run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", out, "--model", plumbing_model]),
                "ffmpeg failed", 1)
     assert not out.exists() and no_leftovers(workdir)
+
+
+def test_analysis_cache_computes_a_key_once_across_threads(tmp_path):
+    """reenact analyses its drivers in a second thread while the model loads; a caller
+    asking for the same file meanwhile waits for that result (and gets its error)."""
+    import threading
+
+    from icface_video.errors import InputError
+    from icface_video.memo import AnalysisCache
+
+    f = tmp_path / "driver.mp4"
+    f.write_bytes(b"x")
+    cache, calls, gate = AnalysisCache(), [], threading.Event()
+
+    def slow():
+        calls.append(1)
+        gate.wait(5)
+        return "track"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("track", str(f), slow))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == ["track"] * 3 and len(calls) == 1
+
+    def broken():
+        raise InputError(f, "no face found")
+
+    for _ in range(2):
+        with pytest.raises(InputError, match="no face"):
+            cache.get("still", str(f), broken)
