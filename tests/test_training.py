@@ -204,3 +204,22 @@ def test_wall_clock_budget_stops_with_a_checkpoint(synthetic: Path, tmp_path: Pa
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     state = read_state(out / "checkpoints" / latest["path"])
     assert state["step"] == 1 and state["wall_s"] > 0
+
+
+def test_eye_loss_covers_the_eyes_only(tmp_path: Path, faces_root: Path) -> None:
+    """On real landmarks the eye boxes hold every eye landmark and no lip landmark, and
+    the eye L1 is the mean error inside them."""
+    from train.dataset import PairDataset
+    from train.losses import LEFT_EYE, LIPS, RIGHT_EYE, eye_masks, masked_l1
+
+    ds = PairDataset(_tiny_real_dataset(tmp_path / "real", faces_root), "train")
+    batch = ds.collate([(0, 0, 1)])
+    lm = batch["target_landmarks"]
+    mask = eye_masks(batch["source_landmarks"], lm, 128)
+    xy = lm[0].round().long().clamp(0, 127)
+    assert all(mask[0, 0, xy[i, 1], xy[i, 0]] == 1 for i in LEFT_EYE + RIGHT_EYE)
+    assert all(mask[0, 0, xy[i, 1], xy[i, 0]] == 0 for i in LIPS)
+    assert 0.003 < float(mask.mean()) < 0.08
+    a = torch.zeros(1, 3, 128, 128)
+    b = a + 0.5 * mask  # differs inside the boxes only
+    assert float(masked_l1(a, b, mask)) == pytest.approx(0.5)

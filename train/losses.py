@@ -43,6 +43,9 @@ class LossConfig:
         l1: L1 reconstruction of the target, weighted per pixel by the region map.
         mouth_weight, eye_weight: extra L1 weight inside the mouth / eye-and-brow boxes
             (union of source and target landmarks); the map is 1 elsewhere.
+        eye_l1: mean L1 inside the two eye boxes alone (union of source and target eye
+            landmarks), normalised by their area: eyes are about 1% of a crop, so in the
+            image-wide L1 a closing lid barely counts.
         perceptual: VGG16 feature L1 (ImageNet weights, offline).
         vgg_layers: how many VGG16 stages to use, 1..4 (relu1_2, relu2_2, relu3_3, relu4_3).
         vgg_resolution: images are resized to this side before VGG (CPU cost).
@@ -63,6 +66,7 @@ class LossConfig:
     l1: float = 1.0
     mouth_weight: float = 6.0
     eye_weight: float = 3.0
+    eye_l1: float = 0.0
     perceptual: float = 0.5
     vgg_layers: int = 2
     vgg_resolution: int = 64
@@ -140,6 +144,19 @@ def weighted_l1(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor) ->
     """Mean of weight * |fake - real|, normalised by the mean weight (scale stays L1-like)."""
     w = weight.expand_as(fake)
     return (w * (fake - real).abs()).sum() / w.sum().clamp_min(1e-6)
+
+
+def eye_masks(src_lm: torch.Tensor, tgt_lm: torch.Tensor, size: int, margin: float = 0.3) -> torch.Tensor:
+    """(B, 1, S, S) 0/1 union of the two eye boxes (no brows), over source and target landmarks."""
+    out = torch.zeros(src_lm.shape[0], 1, size, size, dtype=src_lm.dtype, device=src_lm.device)
+    for idx in (LEFT_EYE, RIGHT_EYE):
+        out = torch.maximum(out, torch.maximum(_box_mask(src_lm, idx, size, margin), _box_mask(tgt_lm, idx, size, margin)))
+    return out
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |a - b| over the pixels where ``mask`` (B, 1, H, W) is set (all channels)."""
+    return ((a - b).abs() * mask).sum() / (mask.sum() * a.shape[1]).clamp_min(1.0)
 
 
 # --- landmark-supervised flow -------------------------------------------------------------
