@@ -47,6 +47,8 @@ def test_json_shape(eval_run):
         for k in CROSS_KEYS:
             assert _finite(m["cross"][k]), (name, k, m["cross"][k])
         assert m["self"]["frames"] == 12 and m["cross"]["frames"] == 12
+        closed = m["self"]["closed_eyes"]
+        assert set(closed) == {"frames", "reference_au45", "output_au45"} and 0 <= closed["frames"] <= 12
     assert len(r["clips"]) == 2
     a, b = r["clips"]
     assert a["driver"] == b["id"] and b["driver"] == a["id"]  # two people, paired with each other
@@ -112,6 +114,18 @@ def test_five_points_order():
     pts = ev.five_points(lm)
     assert pts[0, 0] < pts[1, 0] and pts[3, 0] < pts[4, 0]
     assert pts[2].tolist() == [55, 70]
+
+
+def test_closed_eye_tally_reads_only_closed_reference_frames():
+    tally = ev.Tally()
+    ref = np.zeros((4, 20), np.float32)
+    ref[1, ev._AU45], ref[3, ev._AU45] = 4.0, 3.0
+    found = ref.copy()
+    found[:, ev._AU45] = [0.0, 1.0, 5.0, np.nan]
+    found[3] = np.nan  # no face found in frame 3: not counted
+    tally.add_attrs(found, ref)
+    closed = tally.summary(())["closed_eyes"]
+    assert closed == {"frames": 1, "reference_au45": 4.0, "output_au45": 1.0}
 
 
 def test_pairing_and_selection():

@@ -474,6 +474,12 @@ def pose_error_deg(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.degrees(np.abs(d)).mean(axis=1)
 
 
+# Reference frames with AU45 above this count as closed eyes (the "closed_eyes" summary:
+# mean AU45 re-extracted from the outputs there; no-motion shows the source's open eyes).
+CLOSED_EYES = 2.5
+_AU45 = AU_NAMES.index("AU45")
+
+
 @dataclass
 class Tally:
     """Per-frame values of one (method, protocol), pooled over clips."""
@@ -481,6 +487,7 @@ class Tally:
     values: dict[str, list[float]] = field(default_factory=dict)
     au_err: list[np.ndarray] = field(default_factory=list)
     pose_err: list[float] = field(default_factory=list)
+    closed_eyes: list[tuple[float, float]] = field(default_factory=list)  # (reference AU45, output AU45)
     frames: int = 0
     no_face: int = 0
 
@@ -494,6 +501,8 @@ class Tally:
         if ok.any():
             self.au_err.extend(np.abs(found[ok, :NUM_AUS] - ref[ok, :NUM_AUS]))
             self.pose_err.extend(pose_error_deg(found[ok], ref[ok]).tolist())
+            closed = ok & (ref[:, _AU45] > CLOSED_EYES)
+            self.closed_eyes.extend(zip(ref[closed, _AU45].tolist(), found[closed, _AU45].tolist()))
 
     def summary(self, keys: tuple[str, ...]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -506,6 +515,9 @@ class Tally:
         out["frames"] = self.frames
         out["no_face"] = self.no_face
         out["au_mae_per_au"] = ({n: float(e) for n, e in zip(AU_NAMES, au.mean(axis=0))} if au is not None else None)
+        ce = np.array(self.closed_eyes, np.float64).reshape(-1, 2)
+        out["closed_eyes"] = {"frames": len(ce), "reference_au45": float(ce[:, 0].mean()) if len(ce) else None,
+                              "output_au45": float(ce[:, 1].mean()) if len(ce) else None}
         return out
 
 
@@ -762,6 +774,12 @@ def markdown_table(result: dict[str, Any]) -> str:
         "Cross-reenactment uses the driver's absolute attributes. Identity of real frames to their "
         f"clip's source: {_fmt(nf.get('identity_same_clip_real'))}; to another person's source: "
         f"{_fmt(nf.get('identity_cross_pair_real'))}.",
+        "",
+        f"Closed-eye targets (self, reference AU45 > {CLOSED_EYES}): "
+        + "; ".join(f"{name} AU45 {_fmt(m['self']['closed_eyes']['output_au45'], 2)} "
+                    f"(reference {_fmt(m['self']['closed_eyes']['reference_au45'], 2)}, "
+                    f"{m['self']['closed_eyes']['frames']} frames)"
+                    for name, m in result["methods"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
 
