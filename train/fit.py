@@ -171,9 +171,12 @@ class Trainer:
             mouth, eyes = L.region_masks(batch["source_landmarks"], batch["target_landmarks"], res)
             weight = 1.0 + lc.mouth_weight * mouth + lc.eye_weight * eyes
             terms: dict[str, torch.Tensor] = {"l1": L.weighted_l1(fake, tgt, weight)}
-            if lc.eye_l1 > 0:
+            if lc.eye_l1 > 0 or (lc.drawn_eye_l1 > 0 and "generated" in out):
                 eye_box = L.eye_masks(batch["source_landmarks"], batch["target_landmarks"], res)
-                terms["eye_l1"] = L.masked_l1(fake, tgt, eye_box)
+                if lc.eye_l1 > 0:
+                    terms["eye_l1"] = L.masked_l1(fake, tgt, eye_box)
+                if lc.drawn_eye_l1 > 0 and "generated" in out:
+                    terms["drawn_eye_l1"] = L.masked_l1(out["generated"].float(), tgt, eye_box)
             if self.vgg is not None:
                 terms["perceptual"] = self.vgg(fake, tgt)
             if "grid" in out:

@@ -46,6 +46,9 @@ class LossConfig:
         eye_l1: mean L1 inside the two eye boxes alone (union of source and target eye
             landmarks), normalised by their area: eyes are about 1% of a crop, so in the
             image-wide L1 a closing lid barely counts.
+        drawn_eye_l1: the same on the drawn branch's image alone (fast design), so the
+            branch learns to draw lids even while the mask still picks the warp there
+            (else its gradient is scaled by 1 - mask, about 0.05 at the start).
         perceptual: VGG16 feature L1 (ImageNet weights, offline).
         vgg_layers: how many VGG16 stages to use, 1..4 (relu1_2, relu2_2, relu3_3, relu4_3).
         vgg_resolution: images are resized to this side before VGG (CPU cost).
@@ -67,6 +70,7 @@ class LossConfig:
     mouth_weight: float = 6.0
     eye_weight: float = 3.0
     eye_l1: float = 0.0
+    drawn_eye_l1: float = 0.0
     perceptual: float = 0.5
     vgg_layers: int = 2
     vgg_resolution: int = 64
