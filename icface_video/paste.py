@@ -126,18 +126,19 @@ class PasteBack:
 
         self._warp = kornia.geometry.transform.warp_affine
         self._remap = kornia.geometry.transform.remap
-        if x1 > x0 and y1 > y0:
-            self.mask_roi = self._warp(self.mask_crop, self.matrix, (y1 - y0, x1 - x0), align_corners=True)
-        else:
+        if not (x1 > x0 and y1 > y0):
             self.mask_roi = None
             return
-        # For paste_parts (all in grid_sample's -1..1 units, align_corners=True, so that
-        # pixel centres sit at integers as in OpenCV): each ROI pixel's position in the crop,
-        # and the affine map from a crop position to a position in the frame area fetched from.
-        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        m = np.asarray(matrix, np.float64)
-        in_crop = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]], -1)
-        self._roi_grid = torch.from_numpy((in_crop * (2.0 / (size - 1)) - 1.0).astype(np.float32))[None]
+        # Each ROI pixel's position in the crop, in grid_sample's -1..1 units with
+        # align_corners=True (pixel centres at integers, as in OpenCV): one 2x3 affine map.
+        m = torch.from_numpy(((np.asarray(matrix, np.float64) * (2.0 / (size - 1)))
+                              - np.array([[0, 0, 1.0], [0, 0, 1.0]])).astype(np.float32))
+        xs = torch.arange(x0, x1, dtype=torch.float32)
+        ys = torch.arange(y0, y1, dtype=torch.float32)[:, None]
+        gx_, gy_ = m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+        self._roi_grid = (gx_[None], gy_[None])  # each (1, h, w)
+        self.mask_roi = self._remap(self.mask_crop, *self._roi_grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=True, normalized_coordinates=True)
         # The frame area the fetch may sample: the ROI grown by half its size (flows are far smaller).
         gx, gy = (x1 - x0) // 2, (y1 - y0) // 2
         bx0, by0, bx1, by1 = max(0, x0 - gx), max(0, y0 - gy), min(w, x1 + gx), min(h, y1 + gy)
@@ -212,7 +213,7 @@ class PasteBack:
         fetch = torch.einsum("ij,bjyx->biyx", a[:, :2], grid.permute(0, 3, 1, 2)) + a[:, 2, None, None]
         drawn = (generated.clamp(-1, 1) + 1.0) * 127.5
         stacked = torch.cat([fetch, mask.clamp(0, 1), drawn], dim=1)
-        at_roi = self._remap(stacked, *self._roi_grid.expand(b, h, w, 2).unbind(-1), mode="bilinear",
+        at_roi = self._remap(stacked, *(g.expand(b, h, w) for g in self._roi_grid), mode="bilinear",
                              padding_mode="border", align_corners=True, normalized_coordinates=True)
         # 2. Fetch from the source frame(s); blend with the drawn part, then with the frame.
         fetched = self._remap(self._fetch_pictures(frames, b), at_roi[:, 0], at_roi[:, 1], mode="bilinear",
