@@ -46,9 +46,10 @@ def metrics(out: Path) -> dict[int, dict]:
 
 
 def test_shipped_configs_load() -> None:
-    for name in ("fast", "paper", "tiny"):
+    for name in ("fast", "fast-eyes", "paper", "tiny"):
         cfg = load_config(REPO / "train" / "configs" / f"{name}.toml")
         assert cfg.model.design == ("paper" if name == "paper" else "fast")
+    assert load_config(REPO / "train" / "configs" / "fast-eyes.toml").loss.drawn_eye_l1 > 0
 
 
 @pytest.mark.parametrize("text, match", [
