@@ -1,0 +1,80 @@
+"""Closed-eye check: do the model's eyes close when the driver's do?
+
+``python -m train.eyecheck --data data/prepared-128 [--split test] NAME=MODEL ...``
+
+For every clip of the split that blinks, the source is its most open-eyed frame (lowest
+AU45) and the targets are up to ``--per-clip`` frames with AU45 above ``--closed``; each
+model renders the source with the target's attributes, and AU45 is re-extracted from the
+128 px output enlarged to 256 px (bicubic). Prints the mean target AU45, each model's
+mean output AU45 and its mean absolute error. A model whose eyes stay open reads near
+the source's AU45.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import torch
+
+from icface_video.attributes import attributes_from_face
+from icface_video.face import FaceAnalyzer
+from icface_video.model import ReenactmentModel
+from icface_video.reenact import to_uint8
+from train.dataset import AU45, PairDataset
+
+
+def closed_eye_pairs(ds: PairDataset, closed: float, per_clip: int) -> list[tuple[int, int, int]]:
+    """(clip, source frame, target frame): most open-eyed source, closed-eye targets."""
+    pairs = []
+    for ci, clip in enumerate(ds.clips):
+        au45 = clip.attrs[clip.valid, AU45]
+        if au45.max() <= closed:
+            continue
+        source = int(clip.valid[np.argmin(au45)])
+        pairs += [(ci, source, int(t)) for t in clip.valid[au45 > closed][:per_clip]]
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.eyecheck", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="prepared dataset folder")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--closed", type=float, default=2.5, help="AU45 above which a target's eyes count as closed")
+    ap.add_argument("--per-clip", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("models", nargs="+", metavar="NAME=MODEL", help="model or checkpoint folders")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep:
+            ap.error(f"{item}: expected NAME=MODEL")
+        models[name] = ReenactmentModel.load(path)
+    ds = PairDataset(args.data, args.split)
+    pairs = closed_eye_pairs(ds, args.closed, args.per_clip)
+    if not pairs:
+        ap.error(f"{args.data}: no {args.split!r} clip has frames with AU45 > {args.closed}")
+    targets = np.array([ds.clips[c].attrs[t, AU45] for c, _, t in pairs])
+    print(f"{len(pairs)} pairs from {len({c for c, _, _ in pairs})} clips; target AU45 {targets.mean():.2f}, "
+          f"source AU45 {np.mean([ds.clips[c].attrs[s, AU45] for c, s, _ in pairs]):.2f}")
+    with FaceAnalyzer(mode="image") as fa:
+        for name, model in models.items():
+            found = []
+            for c, s, t in pairs:
+                clip = ds.clips[c]
+                src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+                cache = model.prepare_source(src, torch.from_numpy(clip.attrs[s])[None])
+                img = to_uint8(model.render(cache, torch.from_numpy(clip.attrs[t])[None]).cpu())[0]
+                face = fa.analyze(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
+                found.append(np.nan if face is None else attributes_from_face(face.blendshapes, face.matrix)[AU45])
+            found = np.array(found)
+            print(f"{name}: output AU45 {np.nanmean(found):.2f}, MAE {np.nanmean(np.abs(found - targets)):.2f}, "
+                  f"no face {int(np.isnan(found).sum())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
