@@ -224,3 +224,15 @@ def test_eye_loss_covers_the_eyes_only(tmp_path: Path, faces_root: Path) -> None
     a = torch.zeros(1, 3, 128, 128)
     b = a + 0.5 * mask  # differs inside the boxes only
     assert float(masked_l1(a, b, mask)) == pytest.approx(0.5)
+
+
+def test_eyecheck_pairs_open_sources_with_closed_targets(tmp_path: Path, faces_root: Path) -> None:
+    from train.dataset import AU45, PairDataset
+    from train.eyecheck import closed_eye_pairs
+
+    ds = PairDataset(_tiny_real_dataset(tmp_path / "real", faces_root, frames=16), "train")
+    pairs = closed_eye_pairs(ds, closed=2.5, per_clip=6)
+    clip = ds.clips[0]
+    assert 1 <= len(pairs) <= 6
+    for c, s, t in pairs:
+        assert clip.attrs[t, AU45] > 2.5 and clip.attrs[s, AU45] == clip.attrs[clip.valid, AU45].min()
