@@ -51,7 +51,7 @@ class SourceCache:
         return int(next(iter(self.tensors.values())).shape[0])
 
 
-def _check_image(name: str, x: Any, resolution: int, batch: int | None = 1) -> torch.Tensor:
+def _check_image(name: str, x: Any, resolution: int, batch: int | None = None) -> torch.Tensor:
     if not torch.is_tensor(x):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != resolution or x.shape[3] != resolution:
@@ -162,7 +162,7 @@ class ReenactmentModel:
         Returns:
             A :class:`SourceCache` for :meth:`render` and :meth:`neutralize`.
         """
-        crop = _check_image("crop", crop, self.resolution, batch=None)
+        crop = _check_image("crop", crop, self.resolution)
         source_attrs = _check_attrs("source_attrs", source_attrs, batch=crop.shape[0])
         dev = self.device
         crop = crop.to(dev, torch.float32).contiguous(memory_format=self._layout)
