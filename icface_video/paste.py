@@ -172,14 +172,7 @@ class PasteBack:
         x0, y0, x1, y1 = self.roi
         rgb = (crops.clamp(-1, 1) + 1) * 127.5
         warped = self._warp(rgb, self.matrix.expand(b, 2, 3), (y1 - y0, x1 - x0), align_corners=True)
-        # blended = warped * m + region * (1 - m); the second term is fixed for a still frame.
-        background = self._background(frames) if frames.ndim == 3 else None
-        if background is None:
-            region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
-            background = region.mul_(1.0 - self.mask_roi)
-        warped.mul_(self.mask_roi).add_(background).add_(0.5).clamp_(0, 255)
-        out[:, y0:y1, x0:x1] = warped.to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return out
+        return self._blend(out, frames, warped)
 
     def paste_parts(self, frames: np.ndarray, parts: dict[str, torch.Tensor],
                     reference: torch.Tensor | None = None) -> np.ndarray:
@@ -219,12 +212,21 @@ class PasteBack:
         fetched = self._remap(self._fetch_pictures(frames, b), at_roi[:, 0], at_roi[:, 1], mode="bilinear",
                               padding_mode="border", align_corners=True, normalized_coordinates=True)
         face = torch.lerp(at_roi[:, 3:6], fetched, at_roi[:, 2:3])
+        return self._blend(out, frames, face)
+
+    def _blend(self, out: np.ndarray, frames: np.ndarray, face: torch.Tensor) -> np.ndarray:
+        """Write ``face * m + frame * (1 - m)`` into ``out``'s region of interest (m: the feathered mask).
+
+        Convention: out (B, H, W, 3) uint8, a copy of ``frames``; face (B, 3, h, w) float
+        0..255 in the region of interest (modified in place); returns ``out``.
+        """
+        x0, y0, x1, y1 = self.roi
+        # The second term is fixed for a still frame (cached).
         background = self._background(frames) if frames.ndim == 3 else None
         if background is None:
             region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
             background = region.mul_(1.0 - self.mask_roi)
-        # Values stay within 0..255 (convex blends of 0..255 values): +0.5 then truncation rounds.
-        face.mul_(self.mask_roi).add_(background).add_(0.5)
+        face.mul_(self.mask_roi).add_(background).add_(0.5).clamp_(0, 255)  # +0.5 then truncation rounds
         out[:, y0:y1, x0:x1] = face.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return out
 
