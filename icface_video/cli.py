@@ -550,6 +550,9 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI, turning every failure into one line on stderr and an exit code."""
     prog = "icface-video"
+    from .runtime import tune_allocator
+
+    tune_allocator()  # before torch allocates: freed frame-sized blocks are reused
     try:
         # In non-standalone mode Click returns the code of a ``click.exceptions.Exit``.
         code = cli.main(args=argv, prog_name=prog, standalone_mode=False)

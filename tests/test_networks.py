@@ -32,7 +32,7 @@ def test_named_configs_match_the_paper_and_fast_defaults() -> None:
 
 
 @pytest.mark.parametrize("kwargs, key", [({"resolution": 100}, "resolution"), ({"design": "pix"}, "design"),
-                                         ({"base_channels": 12}, "base_channels")])
+                                         ({"base_channels": 12}, "base_channels"), ({"fine_flow": 1}, "fine_flow")])
 def test_bad_generator_config_names_the_field(kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         GeneratorConfig(**kwargs)
@@ -55,6 +55,29 @@ def test_fast_generator_shapes_and_identity_start(res: int) -> None:
     # starts as the identity warp with the warped source dominating
     assert torch.allclose(out["grid"], identity_grid(5, res, res), atol=1e-6)
     assert (out["image"] - src).abs().mean() < 0.1
+
+
+@pytest.mark.parametrize("res", [64, 128])
+def test_fine_flow_head_starts_as_a_no_op_and_moves_the_grid_at_twice_the_feature_scale(res: int) -> None:
+    """``fine_flow`` adds a zero-initialised residual flow at 2x the 32x32 feature scale
+    (64 px: full resolution): the same weights render the same image with it on, and
+    a non-zero head moves the sampling grid."""
+    torch.manual_seed(0)
+    plain = Generator(_tiny_fast(res)).eval()
+    fine = Generator(GeneratorConfig(**{**_tiny_fast(res).to_dict(), "fine_flow": True})).eval()
+    missing = fine.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["fine_head.weight", "fine_head.bias"]
+    assert [n for n, _ in fine.named_parameters()][-2:] == missing  # registered last (Adam state order)
+    src, sa, ta = torch.rand(2, 3, res, res) * 2 - 1, torch.rand(2, 20) * 3, torch.rand(2, 20) * 3
+    with torch.no_grad():
+        for m in (plain, fine):  # give the main flow something to do
+            m.flow_linear.bias.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
+        a, b = plain(src, sa, ta), fine(src, sa, ta)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["grid"], b["grid"])
+        fine.fine_head.bias.copy_(torch.tensor([0.02, -0.01]))
+        c = fine(src, sa, ta)
+    shift = (c["grid"] - b["grid"]).mean(dim=(0, 1, 2))
+    assert torch.allclose(shift, torch.tensor([0.02, -0.01]), atol=1e-5)
 
 
 def test_paper_generator_shapes() -> None:

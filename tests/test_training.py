@@ -46,10 +46,12 @@ def metrics(out: Path) -> dict[int, dict]:
 
 
 def test_shipped_configs_load() -> None:
-    for name in ("fast", "fast-eyes", "paper", "tiny"):
+    for name in ("fast", "fast-eyes", "fast-fine", "paper", "tiny"):
         cfg = load_config(REPO / "train" / "configs" / f"{name}.toml")
         assert cfg.model.design == ("paper" if name == "paper" else "fast")
     assert load_config(REPO / "train" / "configs" / "fast-eyes.toml").loss.drawn_eye_l1 > 0
+    fine = load_config(REPO / "train" / "configs" / "fast-fine.toml")
+    assert fine.model.fine_flow and Path(fine.run.init_from).is_dir()
 
 
 @pytest.mark.parametrize("text, match", [
@@ -191,6 +193,51 @@ def test_paper_design_trains_through_the_same_loop(synthetic: Path, tmp_path: Pa
     model = ReenactmentModel.load(tmp_path / "paper" / "checkpoints" / "step_00000002")
     cache = model.prepare_source(torch.zeros(1, 3, 64, 64), torch.zeros(1, 20))
     assert model.render(cache, torch.zeros(2, 20)).shape == (2, 3, 64, 64)
+
+
+def test_init_from_starts_a_fine_flow_run_where_the_other_stopped(synthetic: Path, tmp_path: Path) -> None:
+    """``run.init_from`` + ``fine_flow``: the new run starts with the old run's weights,
+    Adam state, step and wall time; its zero-initialised fine head renders exactly what
+    the old model rendered; then it trains on from there."""
+    from icface_video.model import ReenactmentModel
+    from train.checkpoint import read_state
+    from train.fit import run
+
+    old = tmp_path / "old"
+    run(tiny_config(synthetic, old, optim={"steps": 3}, run={"checkpoint_every": 3}), resume=False)
+    ckpt = old / "checkpoints" / "step_00000003"
+    new = tmp_path / "new"
+    cfg = tiny_config(synthetic, new, model={"fine_flow": True}, optim={"steps": 3},
+                      run={"checkpoint_every": 1, "init_from": str(ckpt)})
+    assert run(cfg, resume=False) == 3  # nothing left to do: the step count carried over
+    assert not (new / "checkpoints").exists()
+
+    # Before any new step, the fine head is zero: same renders as the old model.
+    from train.fit import Dist, Trainer
+
+    trainer = Trainer(cfg, Dist(), torch.device("cpu"))
+    trainer.init_from(ckpt)
+    assert trainer.step == 3 and trainer.wall == pytest.approx(read_state(ckpt)["wall_s"])
+    assert len(trainer.optG.state) == len(list(trainer.G.parameters())) - 2  # the fine head's weight, bias: fresh
+    ref = ReenactmentModel.load(ckpt)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    a, b = torch.rand(2, 20, generator=gen) * 3, torch.rand(2, 20, generator=gen) * 3
+    with torch.no_grad():
+        want = ref.render(ref.prepare_source(src, a), b)
+        got = trainer.EMA(src, a, b)["image"]
+    assert torch.allclose(want, got, atol=1e-5)
+
+    more = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=5))
+    assert run(more, resume=True) == 5
+    trained = ReenactmentModel.load(new / "checkpoints" / "step_00000005")
+    assert trained.config.fine_flow and trained.generator.fine_head.weight.abs().sum() > 0
+
+    # Anything but switching fine_flow on is refused, with the key named.
+    wider = tiny_config(synthetic, tmp_path / "wider", model={"embed_dim": 64},
+                        run={"init_from": str(ckpt)})
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        run(wider, resume=False)
 
 
 def test_wall_clock_budget_stops_with_a_checkpoint(synthetic: Path, tmp_path: Path) -> None:

@@ -161,3 +161,58 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict[str,
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path / 'optim.safetensors'}: optimiser {prefix} does not fit ({exc})") from exc
     return state
+
+
+def init_from_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict[str, torch.optim.Optimizer],
+                         device: torch.device) -> dict[str, Any]:
+    """Start a new run from another run's checkpoint; returns its state.json.
+
+    Like :func:`load_checkpoint`, but parameters the modules have and the checkpoint lacks
+    keep their initialisation, provided they come last in each module's parameter order
+    (so the saved Adam state, indexed by parameter order, still fits the others). Any
+    other difference (unexpected, reshaped or reordered weights) is a
+    :class:`CheckpointError`.
+    """
+    path = Path(path)
+    state = read_state(path)
+    model = read_tensors(path / "model.safetensors")
+    counts: dict[str, int] = {}
+    for prefix, m in modules.items():
+        sd = {k[len(prefix) + 1:]: v for k, v in model.items() if k.startswith(prefix + ".")}
+        try:
+            result = m.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} weights do not fit ({exc})") from exc
+        if result.unexpected_keys:
+            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} has weights the network lacks: "
+                                  f"{result.unexpected_keys[:5]}")
+        names = [n for n, _ in m.named_parameters()]
+        missing = set(result.missing_keys)
+        if any(k not in names for k in missing):
+            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} lacks buffers {sorted(missing - set(names))}")
+        n_old = len(names) - len(missing)
+        if any(n in missing for n in names[:n_old]):
+            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix}: the new parameters "
+                                  f"{sorted(missing)} must come last in the network")
+        counts[prefix] = n_old
+    opt = read_tensors(path / "optim.safetensors")
+    owners = {"optG": "G", "optD": "D"}
+    for prefix, o in optims.items():
+        n_old = counts.get(owners.get(prefix, ""), None)
+        params = o.param_groups[0]["params"]
+        if len(o.param_groups) != 1 or n_old is None:
+            raise CheckpointError(f"{path}: cannot map optimiser {prefix} onto the new network")
+        saved = state["optim"].get(prefix)
+        if not saved or len(saved[0]["params"]) != n_old:
+            raise CheckpointError(f"{path / 'optim.safetensors'}: optimiser {prefix} does not fit the network")
+        groups = [{**saved[0], "params": list(range(len(params)))}]
+        try:
+            _load_optim(o, {k: v for k, v in opt.items() if int(k.split(".", 2)[1]) < n_old}, prefix, groups, device)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / 'optim.safetensors'}: optimiser {prefix} does not fit ({exc})") from exc
+        for i, p in enumerate(params[:n_old]):
+            st = o.state.get(p, {})
+            if "exp_avg" in st and st["exp_avg"].shape != p.shape:
+                raise CheckpointError(f"{path / 'optim.safetensors'}: optimiser {prefix} state {i} has shape "
+                                      f"{tuple(st['exp_avg'].shape)}, parameter {tuple(p.shape)}")
+    return state

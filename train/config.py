@@ -105,6 +105,10 @@ class RunConfig:
         max_wall_s: stop (after writing a checkpoint) once this much optimiser wall time
             has been spent in total, across resumes; 0 = no limit. For equal-budget
             comparisons between configurations.
+        init_from: a checkpoint folder to start a NEW run from (when ``out_dir`` has no
+            checkpoint yet): generator, EMA, discriminator and Adam state are loaded, and
+            the step count and wall time continue from it; parameters the new ``[model]``
+            adds (``fine_flow``'s head) keep their initialisation. "" = start from scratch.
     """
 
     out_dir: str = "runs/fast"
@@ -118,6 +122,7 @@ class RunConfig:
     vgg_weights: str = ""
     progress: bool = True
     max_wall_s: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "log_every", "image_every", "keep_checkpoints"):

@@ -785,6 +785,9 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from icface_video.runtime import tune_allocator
+
+    tune_allocator()
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True,
                     help="prepared dataset folder (index.json), manifest.csv, or a folder of clips")

@@ -32,9 +32,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from icface_video.networks import Discriminator, DiscriminatorConfig, Generator
+from icface_video.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from icface_video.runtime import tune_allocator
 from train import losses as L
-from train.checkpoint import CheckpointError, find_latest, load_checkpoint, save_checkpoint, state_digest
+from train.checkpoint import (CheckpointError, find_latest, init_from_checkpoint, load_checkpoint, read_state,
+                              save_checkpoint, state_digest)
 from train.config import ConfigError, TrainConfig, config_from_dict, load_config
 from train.dataset import DatasetError, PairDataset
 
@@ -137,9 +139,26 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.modules(), self.optims(), self.device)
         saved_model = state.get("config", {}).get("model")
+        if isinstance(saved_model, dict):  # fields added since it was written take their defaults
+            saved_model = {**GeneratorConfig().to_dict(), "design": None, **saved_model}
         if saved_model != self.cfg.model.to_dict():
             raise CheckpointError(f"{path}: its [model] section {saved_model} differs from the config's "
                                   f"{self.cfg.model.to_dict()}")
+        self.step = int(state["step"])
+        self.wall = float(state.get("wall_s", 0.0))
+
+    def init_from(self, path: Path) -> None:
+        """Start this (new) run from another run's checkpoint (``run.init_from``): its
+        weights and Adam state, step and wall time; only additions to ``[model]`` that
+        start as a no-op (``fine_flow``) may differ."""
+        saved_model = {**GeneratorConfig().to_dict(), "design": None,
+                       **(read_state(path).get("config", {}).get("model") or {})}
+        ours = self.cfg.model.to_dict()
+        changed = sorted(k for k in ours if saved_model.get(k) != ours[k])
+        if [k for k in changed if k != "fine_flow"] or (changed and not ours["fine_flow"]):
+            raise CheckpointError(f"{path}: run.init_from: its [model] differs from the config's in {changed} "
+                                  "(only switching fine_flow on is allowed)")
+        state = init_from_checkpoint(path, self.modules(), self.optims(), self.device)
         self.step = int(state["step"])
         self.wall = float(state.get("wall_s", 0.0))
 
@@ -252,6 +271,8 @@ def run(cfg: TrainConfig, resume: bool) -> int:
                 trainer.resume(latest)
         elif find_latest(out) is not None:
             raise CheckpointError(f"{out / 'checkpoints'}: checkpoints exist; pass --resume or choose another run.out_dir")
+        if cfg.run.init_from and find_latest(out) is None:
+            trainer.init_from(Path(cfg.run.init_from))
         writer = None
         if dist_info.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +331,7 @@ def run(cfg: TrainConfig, resume: bool) -> int:
 def main(config_path: str, resume: bool, data: str | None, out: str | None, steps: int | None,
          threads: int | None, no_progress: bool) -> None:
     """Train an ICface generator from a TOML config."""
+    tune_allocator()  # reuse freed large blocks: about 10% less time per step on 2 CPU cores
     try:
         cfg = load_config(config_path)
         raw = cfg.to_dict()

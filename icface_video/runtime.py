@@ -1,0 +1,76 @@
+"""Process-wide run-time settings: how the C allocator treats large blocks.
+
+The render loop allocates and frees tensors of several MB per batch of frames (the
+generator's activations, the paste-back fields of a 400x400 face region, the frames
+themselves). glibc's malloc serves blocks above its mmap threshold (adaptive, 128 KiB
+to 32 MiB) with a fresh ``mmap`` and returns them with ``munmap`` on free, so every
+batch pays a page fault per 4 KiB page on first touch, in kernel time on the same two
+cores. Raising the threshold (and the trim threshold, so freed heap memory is kept)
+lets freed blocks be reused. Measured with ``bench/bench_reenact.py`` on the 2-core
+machine: kernel time of a 10 s reenact 2.2 s -> 0.7 s, paste-back 4.5 -> 2.6 ms a frame,
+end to end 8.2 -> 7.1 s (train/README.md and README.md, "Speed and memory").
+
+Linux/glibc only; elsewhere (macOS, musl) :func:`tune_allocator` does nothing. Set
+``ICFACE_MALLOC=default`` to keep the allocator's own settings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from dataclasses import dataclass
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, <malloc.h>
+_M_MMAP_THRESHOLD = -3
+
+
+@dataclass(frozen=True)
+class AllocatorConfig:
+    """Thresholds of glibc's malloc.
+
+    Attributes:
+        mmap_threshold_mib: blocks at least this large get their own mmap (MiB).
+        trim_threshold_mib: free memory at the heap's top beyond this is returned to the
+            OS (MiB).
+    """
+
+    mmap_threshold_mib: int = 256
+    trim_threshold_mib: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("mmap_threshold_mib", "trim_threshold_mib"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 1024:
+                raise ValueError(f"{name}: expected an integer in 1..1024, got {value!r}")
+
+
+_applied: AllocatorConfig | None = None
+
+
+def tune_allocator(config: AllocatorConfig = AllocatorConfig()) -> bool:
+    """Apply ``config`` to this process's glibc malloc; True when applied.
+
+    Call it early (before torch allocates); later allocations follow it. Idempotent.
+    Returns False, changing nothing, off Linux, without glibc, or when the environment
+    sets ``ICFACE_MALLOC=default``.
+    """
+    global _applied
+    if _applied == config:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("ICFACE_MALLOC", "") == "default":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt is a no-op)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = (mallopt(_M_MMAP_THRESHOLD, config.mmap_threshold_mib << 20) == 1
+          and mallopt(_M_TRIM_THRESHOLD, config.trim_threshold_mib << 20) == 1)
+    if ok:
+        _applied = config
+    return ok
