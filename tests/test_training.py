@@ -283,3 +283,45 @@ def test_eyecheck_pairs_open_sources_with_closed_targets(tmp_path: Path, faces_r
     assert 1 <= len(pairs) <= 6
     for c, s, t in pairs:
         assert clip.attrs[t, AU45] > 2.5 and clip.attrs[s, AU45] == clip.attrs[clip.valid, AU45].min()
+
+
+def test_upper_lid_weight_makes_the_flow_fetch_the_upper_lid_of_a_closed_eye(tmp_path: Path, faces_root: Path) -> None:
+    """On a real blink (open source, closed target): the upper-lid landmarks are the ones
+    that move; with equal weights a flow that fetches the lower lid where the lids meet
+    (the eye stays open) scores better than one that fetches the upper lid (the eye
+    closes); with ``upper_lid_weight = 3`` it is the other way round."""
+    from icface_video.networks import identity_grid
+    from train.dataset import AU45, PairDataset
+    from train.eyecheck import closed_eye_pairs
+    from train.losses import LEFT_EYE, RIGHT_EYE, UPPER_LIDS, landmark_flow_loss
+
+    ds = PairDataset(_tiny_real_dataset(tmp_path / "real", faces_root, frames=16), "train")
+    c, s, t = closed_eye_pairs(ds, closed=2.5, per_clip=1)[0]
+    clip = ds.clips[c]
+    src, tgt = clip.landmarks[s], clip.landmarks[t]
+    assert clip.attrs[t, AU45] > 2.5 > clip.attrs[s, AU45]
+    lower = [i for i in LEFT_EYE + RIGHT_EYE if i not in UPPER_LIDS and i not in (33, 133, 263, 362)]
+    moved_upper = np.abs(tgt[list(UPPER_LIDS), 1] - src[list(UPPER_LIDS), 1]).mean()
+    moved_lower = np.abs(tgt[lower, 1] - src[lower, 1]).mean()
+    assert moved_upper > 2 * moved_lower  # the upper lid closes onto the lower one
+
+    # Two flows, identical except over each closed eye's box: fetch the source's upper
+    # lid there (a constant vertical offset), or its lower lid.
+    size = 128
+
+    def grid_fetching(upper: bool) -> torch.Tensor:
+        grid = identity_grid(1, size, size).clone()
+        for eye in (LEFT_EYE, RIGHT_EYE):
+            rows = [i for i in eye if (i in UPPER_LIDS) == upper and i not in (33, 133, 263, 362)]
+            x0, y0 = np.floor(tgt[list(eye), :2].min(0)).astype(int) - 2
+            x1, y1 = np.ceil(tgt[list(eye), :2].max(0)).astype(int) + 3
+            grid[0, y0:y1, x0:x1, 1] += float((src[rows, 1] - tgt[rows, 1]).mean()) * 2.0 / size
+        return grid
+
+    pts = lambda lm: torch.from_numpy(np.ascontiguousarray(lm[None, :, :2])).float()  # noqa: E731
+    gaps = {}
+    for weight in (1.0, 3.0):
+        a = float(landmark_flow_loss(grid_fetching(True), pts(src), pts(tgt), 5.0, weight))
+        b = float(landmark_flow_loss(grid_fetching(False), pts(src), pts(tgt), 5.0, weight))
+        gaps[weight] = b - a  # > 0: fetching the upper lid is preferred
+    assert gaps[1.0] < 0 < gaps[3.0]

@@ -7,7 +7,8 @@ AU45) and the targets are up to ``--per-clip`` frames with AU45 above ``--closed
 model renders the source with the target's attributes, and AU45 is re-extracted from the
 128 px output enlarged to 256 px (bicubic). Prints the mean target AU45, each model's
 mean output AU45 and its mean absolute error. A model whose eyes stay open reads near
-the source's AU45.
+the source's AU45. ``--sheet PNG`` also writes a picture: one row per clip (its first
+closed-eye pair), columns source | target | each model's output, enlarged 2x.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--closed", type=float, default=2.5, help="AU45 above which a target's eyes count as closed")
     ap.add_argument("--per-clip", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sheet", help="also write a PNG: source | target | each model, one row per clip")
     ap.add_argument("models", nargs="+", metavar="NAME=MODEL", help="model or checkpoint folders")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -60,19 +62,29 @@ def main(argv: list[str] | None = None) -> int:
     targets = np.array([ds.clips[c].attrs[t, AU45] for c, _, t in pairs])
     print(f"{len(pairs)} pairs from {len({c for c, _, _ in pairs})} clips; target AU45 {targets.mean():.2f}, "
           f"source AU45 {np.mean([ds.clips[c].attrs[s, AU45] for c, s, _ in pairs]):.2f}")
+    shown = {c: i for i, (c, _, _) in reversed(list(enumerate(pairs)))}  # clip -> its first pair
+    columns: dict[int, list[np.ndarray]] = {i: [ds.clips[c].crops[s], ds.clips[c].crops[t]]
+                                            for i, (c, s, t) in enumerate(pairs) if shown[c] == i}
     with FaceAnalyzer(mode="image") as fa:
         for name, model in models.items():
             found = []
-            for c, s, t in pairs:
+            for i, (c, s, t) in enumerate(pairs):
                 clip = ds.clips[c]
                 src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
                 cache = model.prepare_source(src, torch.from_numpy(clip.attrs[s])[None])
                 img = to_uint8(model.render(cache, torch.from_numpy(clip.attrs[t])[None]).cpu())[0]
+                if i in columns:
+                    columns[i].append(img)
                 face = fa.analyze(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
                 found.append(np.nan if face is None else attributes_from_face(face.blendshapes, face.matrix)[AU45])
             found = np.array(found)
             print(f"{name}: output AU45 {np.nanmean(found):.2f}, MAE {np.nanmean(np.abs(found - targets)):.2f}, "
                   f"no face {int(np.isnan(found).sum())}")
+    if args.sheet:
+        rows = [np.concatenate([cv2.resize(im, (256, 256), interpolation=cv2.INTER_CUBIC) for im in cols], axis=1)
+                for cols in columns.values()]
+        cv2.imwrite(args.sheet, cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+        print(f"sheet: {args.sheet} (source | target | {' | '.join(models)})")
     return 0
 
 

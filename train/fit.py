@@ -202,7 +202,7 @@ class Trainer:
                 grid = out["grid"].float()
                 if lc.landmark > 0:
                     terms["landmark"] = L.landmark_flow_loss(grid, batch["source_landmarks"], batch["target_landmarks"],
-                                                             lc.landmark_expression_weight)
+                                                             lc.landmark_expression_weight, lc.upper_lid_weight)
                 if lc.flow_smooth > 0:
                     terms["flow_smooth"] = L.flow_smoothness(grid)
                 if lc.mask_prior > 0:

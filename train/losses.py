@@ -33,6 +33,8 @@ RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 38
 BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
 EXPRESSION_LANDMARKS = LIPS + INNER_LIPS + LEFT_EYE + RIGHT_EYE + BROWS
+# The upper-lid half of each eye contour (corners excluded): the part that moves in a blink.
+UPPER_LIDS = (246, 161, 160, 159, 158, 157, 173, 466, 388, 387, 386, 385, 384, 398)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class LossConfig:
             target landmarks (fast design; normalised coordinates, -1..1).
         landmark_expression_weight: relative weight of the lip, eye and brow landmarks
             (``EXPRESSION_LANDMARKS``) in that term; the other landmarks weigh 1.
+        upper_lid_weight: extra factor on the upper-lid landmarks (``UPPER_LIDS``). In a
+            closed-eye target the upper and lower lid landmarks meet: at that spot the
+            backward flow must fetch the upper lid (which covers the eye), not the lower
+            one; with equal weights the L1 optimum is anywhere between the two.
         flow_smooth: total variation of the flow (fast design).
         mask_prior: pulls the warp mask toward 1 outside the mouth and eyes (fast design).
         d_start_step: adversarial, attribute-on-fake and identity-on-fake terms of G start here.
@@ -81,6 +87,7 @@ class LossConfig:
     identity: float = 0.05
     landmark: float = 20.0
     landmark_expression_weight: float = 5.0
+    upper_lid_weight: float = 1.0
     flow_smooth: float = 0.05
     mask_prior: float = 0.02
     d_start_step: int = 500
@@ -167,13 +174,14 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 
 def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.Tensor,
-                       expression_weight: float = 1.0) -> torch.Tensor:
+                       expression_weight: float = 1.0, upper_lid_weight: float = 1.0) -> torch.Tensor:
     """The backward grid sampled at the target landmarks must point at the source landmarks.
 
     Convention:
         grid: (B, H, W, 2) backward sampling grid, grid_sample convention (-1..1).
         src_lm, tgt_lm: (B, 478, 2) landmarks in crop pixels of a (W x H) crop.
         expression_weight: weight of ``EXPRESSION_LANDMARKS`` (others weigh 1).
+        upper_lid_weight: further factor on ``UPPER_LIDS``.
         returns: scalar, weighted mean L1 in normalised units (1.0 = half the crop side).
     """
     b, h, w, _ = grid.shape
@@ -185,6 +193,7 @@ def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.T
     err = (sampled.squeeze(3).transpose(1, 2) - u_s).abs().sum(dim=2)  # (B, 478)
     w = torch.ones(err.shape[1], dtype=err.dtype, device=err.device)
     w[list(EXPRESSION_LANDMARKS)] = expression_weight
+    w[list(UPPER_LIDS)] *= upper_lid_weight
     return (err * w).sum(dim=1).mean() / (2 * w.sum())
 
 
