@@ -254,6 +254,24 @@ def test_wall_clock_budget_stops_with_a_checkpoint(synthetic: Path, tmp_path: Pa
     assert state["step"] == 1 and state["wall_s"] > 0
 
 
+def test_fit_command_overrides_the_wall_clock_budget(synthetic: Path, tmp_path: Path) -> None:
+    """``python -m train.fit --max-wall-s`` replaces ``run.max_wall_s`` (e.g. to give back
+    time a run spent paused): a tiny budget stops after one step with a checkpoint."""
+    from click.testing import CliRunner
+
+    from train.fit import main
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.read_text().replace("perceptual = 0.5", "perceptual = 0.0"))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["--config", str(cfg), "--data", str(synthetic), "--out", str(out),
+                                    "--steps", "1000", "--max-wall-s", "1e-6", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 1
+    res = CliRunner().invoke(main, ["--config", str(cfg), "--max-wall-s", "-1"])
+    assert res.exit_code == 2 and "max_wall_s" in res.output
+
+
 def test_eye_loss_covers_the_eyes_only(tmp_path: Path, faces_root: Path) -> None:
     """On real landmarks the eye boxes hold every eye landmark and no lip landmark, and
     the eye L1 is the mean error inside them."""

@@ -327,9 +327,11 @@ def run(cfg: TrainConfig, resume: bool) -> int:
 @click.option("--steps", type=int, default=None, help="Override optim.steps.")
 @click.option("--threads", type=int, default=None,
               help="Override run.threads (torch CPU threads; 2 on an otherwise idle 2-core machine).")
+@click.option("--max-wall-s", type=float, default=None,
+              help="Override run.max_wall_s (optimiser wall-time budget, s; e.g. to give back time the run was paused).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs to files only).")
 def main(config_path: str, resume: bool, data: str | None, out: str | None, steps: int | None,
-         threads: int | None, no_progress: bool) -> None:
+         threads: int | None, max_wall_s: float | None, no_progress: bool) -> None:
     """Train an ICface generator from a TOML config."""
     tune_allocator()  # reuse freed large blocks: about 10% less time per step on 2 CPU cores
     try:
@@ -343,6 +345,8 @@ def main(config_path: str, resume: bool, data: str | None, out: str | None, step
             raw["optim"]["steps"] = steps
         if threads is not None:
             raw["run"]["threads"] = threads
+        if max_wall_s is not None:
+            raw["run"]["max_wall_s"] = max_wall_s
         if no_progress:
             raw["run"]["progress"] = False
         raw["model"] = {"preset": cfg.model.design, **raw["model"]}
