@@ -72,10 +72,11 @@ class GeneratorConfig:
         mask_init_bias: fast: initial logit of the warp-vs-generated mask (high = copy).
         coarse_flow_gain: fast: output gain of the attributes -> coarse flow map (with Adam
             this is its learning-rate multiplier: that map must move several pixels).
-        fine_flow: fast: add a residual flow predicted by the decoder at twice the feature
-            resolution (128 px: 64x64, 2 px cells instead of 4), for motion finer than the
-            main flow: eyelids folding over the eye, lip edges. Zero-initialised, so a model
-            trained without it loads and renders identically when it is switched on.
+        fine_flow: fast: add a residual flow predicted by the decoder's last layer at the
+            full resolution (the main flow is 32x32, 4 px cells at 128 px), for motion with
+            sharp edges: a closing eyelid folds the eye opening away, so the fetch offset
+            jumps by the opening's height (about 3 px) across the lid line. Zero-initialised,
+            so a model trained without it renders identically when it is switched on.
     """
 
     design: Design = "fast"
@@ -336,7 +337,7 @@ class Generator(nn.Module):
         # trained without it stay the same: see train.fit's init_from.
         self.fine_head: nn.Conv2d | None = None
         if c.fine_flow:
-            self.fine_head = nn.Conv2d(up_ch[0] if up_ch else c.decoder_channels, 2, 3, 1, 1)
+            self.fine_head = nn.Conv2d(cin, 2, 3, 1, 1)
             nn.init.zeros_(self.fine_head.weight)
             nn.init.zeros_(self.fine_head.bias)
 
@@ -387,18 +388,14 @@ class Generator(nn.Module):
         d = self.dec_in(torch.cat([warp(feats, grid_lo) * occl, h], dim=1))
         for blk in self.dec_blocks:
             d = blk(d, e)
-        fine = None
-        for i, up in enumerate(self.dec_up):
-            d = up(d)
-            if i == 0 and self.fine_head is not None:
-                fine = self.fine_head(d)
+        d = self.dec_up(d)
         out = self.out_head(d)
         generated = torch.tanh(out[:, :3])
         mask = torch.sigmoid(out[:, 3:4])
         res = source.shape[-1]
         flow_hi = F.interpolate(flow, size=(res, res), mode="bilinear", align_corners=False)
-        if fine is not None:
-            flow_hi = flow_hi + F.interpolate(fine, size=(res, res), mode="bilinear", align_corners=False)
+        if self.fine_head is not None:
+            flow_hi = flow_hi + self.fine_head(d)
         grid = identity_grid(b, res, res, source.device, source.dtype) + flow_hi.permute(0, 2, 3, 1)
         image = mask * warp(source, grid) + (1 - mask) * generated
         return {"image": image, "grid": grid, "mask": mask, "generated": generated}

@@ -58,10 +58,10 @@ def test_fast_generator_shapes_and_identity_start(res: int) -> None:
 
 
 @pytest.mark.parametrize("res", [64, 128])
-def test_fine_flow_head_starts_as_a_no_op_and_moves_the_grid_at_twice_the_feature_scale(res: int) -> None:
-    """``fine_flow`` adds a zero-initialised residual flow at 2x the 32x32 feature scale
-    (64 px: full resolution): the same weights render the same image with it on, and
-    a non-zero head moves the sampling grid."""
+def test_fine_flow_head_starts_as_a_no_op_and_moves_the_grid_at_full_resolution(res: int) -> None:
+    """``fine_flow`` adds a zero-initialised residual flow at the output resolution: the
+    same weights render the same image with it on, and a non-zero head moves the
+    sampling grid, pixel by pixel."""
     torch.manual_seed(0)
     plain = Generator(_tiny_fast(res)).eval()
     fine = Generator(GeneratorConfig(**{**_tiny_fast(res).to_dict(), "fine_flow": True})).eval()
@@ -78,6 +78,14 @@ def test_fine_flow_head_starts_as_a_no_op_and_moves_the_grid_at_twice_the_featur
         c = fine(src, sa, ta)
     shift = (c["grid"] - b["grid"]).mean(dim=(0, 1, 2))
     assert torch.allclose(shift, torch.tensor([0.02, -0.01]), atol=1e-5)
+    with torch.no_grad():  # one pixel's offset moves that pixel's fetch only
+        fine.fine_head.bias.zero_()
+        fine.fine_head.weight.zero_()
+        fine.fine_head.weight[1, 0, 1, 1] = 1.0  # dy = the first decoder channel, per pixel
+        d = fine(src, sa, ta)
+    delta = (d["grid"] - b["grid"])[..., 1]
+    assert delta.shape == (2, res, res) and delta.abs().max() > 0
+    assert not torch.allclose(delta[:, ::2], delta[:, 1::2])  # varies at full resolution
 
 
 def test_paper_generator_shapes() -> None:
