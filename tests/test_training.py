@@ -233,6 +233,21 @@ def test_init_from_starts_a_fine_flow_run_where_the_other_stopped(synthetic: Pat
     trained = ReenactmentModel.load(new / "checkpoints" / "step_00000005")
     assert trained.config.fine_flow and trained.generator.fine_head.weight.abs().sum() > 0
 
+    # Exported, the model card names the recipe and where the run started.
+    from click.testing import CliRunner
+
+    from train.export import main as export
+
+    table = tmp_path / "eval.md"
+    table.write_text("| method | l1 |\n| --- | --- |\n| x | 0.1 |\n")
+    res = CliRunner().invoke(export, ["--checkpoint", str(new / "checkpoints" / "step_00000005"),
+                                      "--out", str(tmp_path / "model"), "--hardware", "test", "--eval-markdown",
+                                      str(table), "--recipe", str(REPO / "train" / "configs" / "fast-fine.toml")])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert "fast-fine.toml" in card and f"started from `{ckpt}`" in card and "5 steps" in card
+    assert ReenactmentModel.load(tmp_path / "model").config.fine_flow
+
     # Anything but switching fine_flow on is refused, with the key named.
     wider = tiny_config(synthetic, tmp_path / "wider", model={"embed_dim": 64},
                         run={"init_from": str(ckpt)})

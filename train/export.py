@@ -30,8 +30,8 @@ CARD_TEMPLATE = """# ICface default model ({design}, {resolution} px)
 - Architecture: `{design}` generator (see icface_video/networks.py and train/README.md),
   {params:,} parameters, weights stored as {dtype}.
 - Training data: the `train` split of the prepared dataset `{data}`.
-- Command: `python -m train.fit --config {config}` ({step} steps, {wall_h:.2f} h of
-  optimiser wall time).
+- Command: `python -m train.fit --config {config}`{start} ({step} steps, {wall_h:.2f} h of
+  optimiser wall time in all).
 - Hardware: {hardware}.
 
 ## Evaluation
@@ -64,7 +64,10 @@ def export_generator(state: dict[str, torch.Tensor], config: GeneratorConfig, ou
 @click.option("--hardware", required=True, help="What it was trained on, e.g. '2-core x86_64 CPU, no GPU'.")
 @click.option("--eval-markdown", required=True, type=click.Path(dir_okay=False, exists=True),
               help="The evaluation table from `python -m train.evaluate --markdown`.")
-def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: str) -> None:
+@click.option("--recipe", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="The training config the run used, for the model card (default: the design's "
+                   "train/configs/fast.toml or paper.toml).")
+def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: str, recipe: str | None) -> None:
     """Export the EMA generator of a training checkpoint."""
     ckpt = Path(checkpoint)
     try:
@@ -83,7 +86,9 @@ def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: st
     card.write_text(CARD_TEMPLATE.format(
         design=cfg.design, resolution=cfg.resolution, dtype=str(dtype).replace("torch.", ""),
         params=sum(p.numel() for p in model.generator.parameters()), data=state["config"]["data"]["root"],
-        config="train/configs/fast.toml" if cfg.design == "fast" else "train/configs/paper.toml",
+        config=recipe or ("train/configs/fast.toml" if cfg.design == "fast" else "train/configs/paper.toml"),
+        start=(f", started from `{state['config']['run']['init_from']}` (`run.init_from`)"
+               if state["config"].get("run", {}).get("init_from") else ""),
         step=state["step"], wall_h=(state.get("wall_s") or 0) / 3600, hardware=hardware,
         evaluation=Path(eval_markdown).read_text().strip()))
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {out}/{CONFIG_NAME}")
