@@ -82,6 +82,12 @@ def _clip(params, max_norm: float) -> float:
     return 0.0
 
 
+def _saved_model(state: dict) -> dict:
+    """A checkpoint's ``[model]`` section; fields added since it was written take their defaults."""
+    saved = state.get("config", {}).get("model") or {}
+    return {**GeneratorConfig().to_dict(), "design": None, **saved}
+
+
 class Trainer:
     """Holds the networks, optimisers and data of one run (one process)."""
 
@@ -138,9 +144,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, self.modules(), self.optims(), self.device)
-        saved_model = state.get("config", {}).get("model")
-        if isinstance(saved_model, dict):  # fields added since it was written take their defaults
-            saved_model = {**GeneratorConfig().to_dict(), "design": None, **saved_model}
+        saved_model = _saved_model(state)
         if saved_model != self.cfg.model.to_dict():
             raise CheckpointError(f"{path}: its [model] section {saved_model} differs from the config's "
                                   f"{self.cfg.model.to_dict()}")
@@ -151,8 +155,7 @@ class Trainer:
         """Start this (new) run from another run's checkpoint (``run.init_from``): its
         weights and Adam state, step and wall time; only additions to ``[model]`` that
         start as a no-op (``fine_flow``) may differ."""
-        saved_model = {**GeneratorConfig().to_dict(), "design": None,
-                       **(read_state(path).get("config", {}).get("model") or {})}
+        saved_model = _saved_model(read_state(path))
         ours = self.cfg.model.to_dict()
         changed = sorted(k for k in ours if saved_model.get(k) != ours[k])
         if [k for k in changed if k != "fine_flow"] or (changed and not ours["fine_flow"]):
