@@ -358,3 +358,19 @@ def test_upper_lid_weight_makes_the_flow_fetch_the_upper_lid_of_a_closed_eye(tmp
         b = float(landmark_flow_loss(grid_fetching(False), pts(src), pts(tgt), 5.0, weight))
         gaps[weight] = b - a  # > 0: fetching the upper lid is preferred
     assert gaps[1.0] < 0 < gaps[3.0]
+
+
+def test_eyecheck_command_reports_and_draws_a_sheet(tmp_path: Path, faces_root: Path, capsys) -> None:
+    """``python -m train.eyecheck --sheet``: the shipped model on a real blink; the sheet has
+    one row per clip and source | target | model columns, 256 px each."""
+    import cv2
+
+    from train.eyecheck import main
+
+    data = _tiny_real_dataset(tmp_path / "real", faces_root, frames=16)
+    sheet = tmp_path / "eyes.png"
+    assert main(["--data", str(data), "--split", "train", "--threads", "1", "--sheet", str(sheet),
+                 f"shipped={REPO / 'icface_video' / 'weights'}"]) == 0
+    out = capsys.readouterr().out
+    assert "shipped: output AU45" in out and "no face 0" in out
+    assert cv2.imread(str(sheet)).shape == (256, 3 * 256, 3)
