@@ -123,10 +123,18 @@ def test_two_process_ddp_gloo_identical_checkpoints(synthetic: Path, tmp_path: P
     cfg = tmp_path / "ddp.toml"
     cfg.write_text(TINY.read_text().replace('root = "data/prepared-128"', f'root = "{synthetic.as_posix()}"')
                    .replace("perceptual = 0.5", "perceptual = 0.0"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "train.fit", "--config", str(cfg), "--out", str(out), "--steps", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "train.fit", "--config", str(cfg), "--out", str(out), "--steps", "3"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        # torch 2.13's gloo start-up on this CPU aborts a rank before the run begins in about
+        # 1 launch of 25 ("terminate called without an active exception", no Python frame;
+        # seen with this project's code before and after the allocator change). That one
+        # known failure gets a second launch; anything else fails the test.
+        known = "terminate called without an active exception" in proc.stderr and not out.exists()
+        if proc.returncode == 0 or not known or attempt == 1:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "step_00000003" / "state.json").read_text())
     assert state["step"] == 3
