@@ -137,9 +137,14 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
 
 
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The ``prefix.*`` entries of a checkpoint's tensors, with the prefix taken off."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: Path) -> None:
     """Load ``prefix.*`` tensors into ``module`` strictly."""
-    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    sd = _prefixed(tensors, prefix)
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -178,9 +183,8 @@ def init_from_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict
     model = read_tensors(path / "model.safetensors")
     counts: dict[str, int] = {}
     for prefix, m in modules.items():
-        sd = {k[len(prefix) + 1:]: v for k, v in model.items() if k.startswith(prefix + ".")}
         try:
-            result = m.load_state_dict(sd, strict=False)
+            result = m.load_state_dict(_prefixed(model, prefix), strict=False)
         except RuntimeError as exc:
             raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} weights do not fit ({exc})") from exc
         if result.unexpected_keys:
@@ -196,10 +200,12 @@ def init_from_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict
                                   f"{sorted(missing)} must come last in the network")
         counts[prefix] = n_old
     opt = read_tensors(path / "optim.safetensors")
-    owners = {"optG": "G", "optD": "D"}
     for prefix, o in optims.items():
-        n_old = counts.get(owners.get(prefix, ""), None)
         params = o.param_groups[0]["params"]
+        # The module whose parameters this optimiser steps, in the same order.
+        owner = next((name for name, m in modules.items()
+                      if [id(p) for p in m.parameters()] == [id(p) for p in params]), None)
+        n_old = counts.get(owner) if owner is not None else None
         if len(o.param_groups) != 1 or n_old is None:
             raise CheckpointError(f"{path}: cannot map optimiser {prefix} onto the new network")
         saved = state["optim"].get(prefix)
