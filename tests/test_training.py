@@ -46,12 +46,14 @@ def metrics(out: Path) -> dict[int, dict]:
 
 
 def test_shipped_configs_load() -> None:
-    for name in ("fast", "fast-eyes", "fast-fine", "paper", "tiny"):
+    for name in ("fast", "fast-eyes", "fast-fine", "fast-mesh", "paper", "tiny"):
         cfg = load_config(REPO / "train" / "configs" / f"{name}.toml")
         assert cfg.model.design == ("paper" if name == "paper" else "fast")
     assert load_config(REPO / "train" / "configs" / "fast-eyes.toml").loss.drawn_eye_l1 > 0
     fine = load_config(REPO / "train" / "configs" / "fast-fine.toml")
     assert fine.model.fine_flow and Path(fine.run.init_from).is_dir()
+    mesh = load_config(REPO / "train" / "configs" / "fast-mesh.toml")
+    assert mesh.model.fine_flow and mesh.loss.mesh_flow > 0 and Path(mesh.run.init_from).is_dir()
 
 
 @pytest.mark.parametrize("text, match", [
@@ -382,3 +384,86 @@ def test_eyecheck_command_reports_and_draws_a_sheet(tmp_path: Path, faces_root: 
     out = capsys.readouterr().out
     assert "shipped: output AU45" in out and "no face 0" in out
     assert cv2.imread(str(sheet)).shape == (256, 3 * 256, 3)
+
+
+def _pixel_centres(size: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return torch.stack([xs, ys], dim=-1).double()  # (size, size, 2) crop pixels
+
+
+def test_mesh_flow_target_is_exact_for_no_motion_and_for_an_affine_motion(tmp_path: Path, faces_root: Path) -> None:
+    """On real landmarks: equal landmarks give the identity grid; a target that is an affine
+    map of the source gives that map's inverse at every covered pixel (piecewise-affine
+    interpolation of an affine map is exact); the face, not the background, is covered."""
+    from icface_video.networks import identity_grid
+    from train.dataset import PairDataset
+    from train.mesh_flow import mesh_flow_loss, mesh_flow_target
+
+    ds = PairDataset(_tiny_real_dataset(tmp_path / "real", faces_root), "train")
+    src = ds.collate([(0, 0, 1)])["source_landmarks"].double()
+    size = 128
+    grid, covered = mesh_flow_target(src, src, size)
+    cov = covered[0, 0].bool()
+    assert 0.1 < float(covered.mean()) < 0.6
+    nose = src[0, 1].round().long()
+    assert cov[nose[1], nose[0]] and not cov[0, 0] and not cov[-1, -1]
+    assert torch.allclose(grid[0][cov], identity_grid(1, size, size, dtype=torch.float64)[0][cov], atol=1e-9)
+
+    theta = 0.05
+    rot = torch.tensor([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]], dtype=torch.float64) * 1.04
+    shift = torch.tensor([2.5, -1.5], dtype=torch.float64)
+    centre = torch.tensor([64.0, 64.0], dtype=torch.float64)
+    tgt = (src - centre) @ rot.T + centre + shift
+    grid, covered = mesh_flow_target(src, tgt, size)
+    cov = covered[0, 0].bool()
+    want = (_pixel_centres(size)[cov] - centre - shift) @ torch.linalg.inv(rot).T + centre
+    assert torch.allclose(grid[0][cov], want * 2 / size - 1, atol=1e-9)
+    assert float(mesh_flow_loss(grid, grid, covered)) == 0.0
+    off = grid.clone()
+    off[..., 0] += 0.1
+    assert float(mesh_flow_loss(off, grid, covered)) == pytest.approx(0.05)  # per coordinate
+    assert float(mesh_flow_loss(off, grid, covered, 1 + 4 * covered)) == pytest.approx(0.05)
+
+
+def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: Path, faces_root: Path) -> None:
+    """On a real blink (open source, closed target): across the line where the target's
+    lids meet, the mesh target's fetch jumps by most of the source eye's opening (above it
+    the upper lid, below it the lower lid), and the source warped by it re-reads as
+    closed-eyed (MediaPipe's AU45 rises by more than 1 on the 0..5 scale)."""
+    import cv2
+
+    from icface_video.attributes import attributes_from_face
+    from icface_video.face import FaceAnalyzer
+    from icface_video.networks import identity_grid, warp
+    from train.dataset import AU45, PairDataset
+    from train.eyecheck import closed_eye_pairs
+    from train.mesh_flow import mesh_flow_target
+
+    ds = PairDataset(_tiny_real_dataset(tmp_path / "real", faces_root, frames=16), "train")
+    pairs = closed_eye_pairs(ds, closed=2.5, per_clip=6)
+    clip = ds.clips[0]
+    src_lm = torch.from_numpy(np.stack([clip.landmarks[s] for _, s, _ in pairs])).double()
+    tgt_lm = torch.from_numpy(np.stack([clip.landmarks[t] for _, _, t in pairs])).double()
+    size = 128
+    grid, covered = mesh_flow_target(src_lm, tgt_lm, size)
+    fetch_y = (grid[..., 1] + 1) * size / 2  # source row fetched, crop pixels
+    jumps = []
+    for i in range(len(pairs)):
+        for top, bottom in ((159, 145), (386, 374)):  # upper and lower lid centres
+            x = int(tgt_lm[i, top, 0])
+            line = float(tgt_lm[i, [top, bottom], 1].mean())
+            above, below = int(np.floor(line - 2.0)), int(np.floor(line + 1.0))
+            assert covered[i, 0, above, x] and covered[i, 0, below, x]
+            opening = float(src_lm[i, bottom, 1] - src_lm[i, top, 1])
+            assert opening > 2.0
+            jumps.append(float(fetch_y[i, below, x] - fetch_y[i, above, x] - (below - above)) / opening)
+    assert np.mean(jumps) > 0.5
+
+    source = torch.from_numpy(np.stack([clip.crops[s] for _, s, _ in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    full = torch.where(covered.permute(0, 2, 3, 1) > 0, grid.float(), identity_grid(len(pairs), size, size))
+    warped = ((warp(source, full) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    with FaceAnalyzer(mode="image") as fa:
+        read = [attributes_from_face(f.blendshapes, f.matrix)[AU45] for f in
+                (fa.analyze(cv2.resize(im, (256, 256), interpolation=cv2.INTER_CUBIC)) for im in warped)]
+    before = np.mean([clip.attrs[s, AU45] for _, s, _ in pairs])
+    assert np.mean(read) > before + 1.0

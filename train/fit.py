@@ -39,6 +39,7 @@ from train.checkpoint import (CheckpointError, find_latest, init_from_checkpoint
                               save_checkpoint, state_digest)
 from train.config import ConfigError, TrainConfig, config_from_dict, load_config
 from train.dataset import DatasetError, PairDataset
+from train.mesh_flow import mesh_flow_loss, mesh_flow_target
 
 
 @dataclasses.dataclass
@@ -206,6 +207,11 @@ class Trainer:
                 if lc.landmark > 0:
                     terms["landmark"] = L.landmark_flow_loss(grid, batch["source_landmarks"], batch["target_landmarks"],
                                                              lc.landmark_expression_weight, lc.upper_lid_weight)
+                if lc.mesh_flow > 0:
+                    target_grid, covered = mesh_flow_target(batch["source_landmarks"], batch["target_landmarks"], res)
+                    mesh_weight = 1.0 + lc.mesh_flow_eye_weight * L.eye_masks(
+                        batch["source_landmarks"], batch["target_landmarks"], res)
+                    terms["mesh_flow"] = mesh_flow_loss(grid, target_grid, covered, mesh_weight)
                 if lc.flow_smooth > 0:
                     terms["flow_smooth"] = L.flow_smoothness(grid)
                 if lc.mask_prior > 0:

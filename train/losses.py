@@ -67,6 +67,14 @@ class LossConfig:
             closed-eye target the upper and lower lid landmarks meet: at that spot the
             backward flow must fetch the upper lid (which covers the eye), not the lower
             one; with equal weights the L1 optimum is anywhere between the two.
+        mesh_flow: dense flow supervision (fast design): L1 between the backward grid and
+            the face mesh's piecewise-affine map from target to source
+            (:func:`train.mesh_flow.mesh_flow_target`) over the target pixels the mesh
+            covers, per coordinate in normalised units. Unlike the sparse landmark term it
+            says, at a closing eye, that every pixel above the lids' meeting line fetches
+            the upper lid.
+        mesh_flow_eye_weight: extra weight of that term inside the two eye boxes (the
+            map is 1 elsewhere on the face).
         flow_smooth: total variation of the flow (fast design).
         mask_prior: pulls the warp mask toward 1 outside the mouth and eyes (fast design).
         d_start_step: adversarial, attribute-on-fake and identity-on-fake terms of G start here.
@@ -88,6 +96,8 @@ class LossConfig:
     landmark: float = 20.0
     landmark_expression_weight: float = 5.0
     upper_lid_weight: float = 1.0
+    mesh_flow: float = 0.0
+    mesh_flow_eye_weight: float = 0.0
     flow_smooth: float = 0.05
     mask_prior: float = 0.02
     d_start_step: int = 500
