@@ -386,11 +386,6 @@ def test_eyecheck_command_reports_and_draws_a_sheet(tmp_path: Path, faces_root: 
     assert cv2.imread(str(sheet)).shape == (256, 3 * 256, 3)
 
 
-def _pixel_centres(size: int) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    return torch.stack([xs, ys], dim=-1).double()  # (size, size, 2) crop pixels
-
-
 def test_mesh_flow_target_is_exact_for_no_motion_and_for_an_affine_motion(tmp_path: Path, faces_root: Path) -> None:
     """On real landmarks: equal landmarks give the identity grid; a target that is an affine
     map of the source gives that map's inverse at every covered pixel (piecewise-affine
@@ -416,7 +411,8 @@ def test_mesh_flow_target_is_exact_for_no_motion_and_for_an_affine_motion(tmp_pa
     tgt = (src - centre) @ rot.T + centre + shift
     grid, covered = mesh_flow_target(src, tgt, size)
     cov = covered[0, 0].bool()
-    want = (_pixel_centres(size)[cov] - centre - shift) @ torch.linalg.inv(rot).T + centre
+    centres = (identity_grid(1, size, size, dtype=torch.float64)[0] + 1) * size / 2  # crop pixels
+    want = (centres[cov] - centre - shift) @ torch.linalg.inv(rot).T + centre
     assert torch.allclose(grid[0][cov], want * 2 / size - 1, atol=1e-9)
     assert float(mesh_flow_loss(grid, grid, covered)) == 0.0
     off = grid.clone()

@@ -33,9 +33,8 @@ def mesh_triangles() -> np.ndarray:
     from mediapipe.tasks.python.vision import FaceLandmarksConnections
 
     edges = FaceLandmarksConnections.FACE_LANDMARKS_TESSELATION
-    tris = np.array([[edges[k].start, edges[k + 1].start, edges[k + 2].start]
+    return np.array([[edges[k].start, edges[k + 1].start, edges[k + 2].start]
                      for k in range(0, len(edges), 3)], dtype=np.int64)
-    return tris
 
 
 def mesh_flow_target(src_lm: torch.Tensor, tgt_lm: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +48,8 @@ def mesh_flow_target(src_lm: torch.Tensor, tgt_lm: torch.Tensor, size: int) -> t
             convention (x then y, -1..1 across the outer pixel corners,
             ``align_corners=False``), 0 where not covered; covered (B, 1, size, size)
             float 0/1, 1 where the pixel centre lies in a target triangle of at least
-            0.25 px^2. Where triangles overlap (a turned head folds the mesh at the
+            0.25 px^2 (a triangle wider than size / 4 covers only its top-left
+            size / 4 square). Where triangles overlap (a turned head folds the mesh at the
             silhouette) the highest triangle index wins, so the result is deterministic.
     """
     if src_lm.shape != tgt_lm.shape or src_lm.ndim != 3 or src_lm.shape[-1] != 2:
@@ -60,13 +60,14 @@ def mesh_flow_target(src_lm: torch.Tensor, tgt_lm: torch.Tensor, size: int) -> t
     with torch.no_grad():
         tris = torch.from_numpy(mesh_triangles()).to(src_lm.device)
         src, tgt = src_lm.double(), tgt_lm.double()
-        b, n_tri = src.shape[0], tris.shape[0]
+        b = src.shape[0]
         a, p, q = (tgt[:, tris[:, k]] for k in range(3))  # (B, T, 2) target vertices
         e1, e2 = p - a, q - a
         det = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]  # twice the signed area
         lo = torch.minimum(torch.minimum(a, p), q)
         hi = torch.maximum(torch.maximum(a, p), q)
-        # Candidate pixels: a K x K block from the first pixel centre right/below lo.
+        # Candidate pixels: a K x K block from the first pixel centre right/below lo; K fits
+        # the largest triangle but is capped at size / 4 (a bigger one is only partly covered).
         k = int(min(size // 4, max(2, float((hi - lo).max()) + 2)))
         start = torch.floor(lo - 0.5)  # (B, T, 2) pixel index whose centre is <= lo
         off = torch.arange(k, device=src.device, dtype=src.dtype)
@@ -88,8 +89,7 @@ def mesh_flow_target(src_lm: torch.Tensor, tgt_lm: torch.Tensor, size: int) -> t
         keep = winner[pix] == ti
         bi, ti, pix = bi[keep], ti[keep], pix[keep]
         uu, vv = u[inside][keep, None], v[inside][keep, None]
-        s = src
-        sa, sp, sq = (s[bi, tris[ti, j]] for j in range(3))
+        sa, sp, sq = (src[bi, tris[ti, j]] for j in range(3))
         fetched = sa + uu * (sp - sa) + vv * (sq - sa)  # source pixels
         grid = torch.zeros(b * size * size, 2, dtype=src_lm.dtype, device=src.device)
         grid[pix] = (fetched * (2.0 / size) - 1.0).to(src_lm.dtype)
