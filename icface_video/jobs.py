@@ -21,7 +21,8 @@ from .errors import UsageError
 from .media import probe
 from .memo import AnalysisCache, cached_track, driver_label
 from .presets import Preset
-from .reenact import RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, render_video
+from .reenact import (RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, encode_sources,
+                      render_video)
 from .smoothing import SmoothConfig
 
 
@@ -161,10 +162,8 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     analysis_seconds = time.perf_counter() - start
     source_cache = None
     if isinstance(plan.source, SourceFrame):
-        import torch
-
         still = plan.source
-        encode = lambda: model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])  # noqa: E731
+        encode = lambda: encode_sources(model, [still])  # noqa: E731
         source_cache = cache.get("encoded", job.source, encode, job.face_index) if cache else None
     result: RenderResult = render_video(
         model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,

@@ -4,12 +4,14 @@ A model folder holds ``config.json`` (the :class:`GeneratorConfig` under ``"gene
 plus metadata) and ``generator.safetensors`` (fp16 or fp32 weights); this is what
 ``python -m train.export`` writes and what ships in ``icface_video/weights/``. A training
 checkpoint folder (``state.json`` + ``model.safetensors``) also loads: its EMA generator
-is used. Nothing is ever unpickled.
+is used. Nothing is ever unpickled. An ``eyelids.json`` in the folder (fast design) adds
+the eyelid warp of :mod:`icface_video.eyelids`, used when the source's landmarks are given
+to :meth:`ReenactmentModel.prepare_source`.
 
 Typical use::
 
     model = ReenactmentModel.load()                  # the shipped default model
-    cache = model.prepare_source(crop, source_attrs)  # once per source face (or per batch of faces)
+    cache = model.prepare_source(crop, source_attrs, landmarks)  # once per source face (or batch)
     frames = model.render(cache, driving_attrs)       # (B, 3, R, R) in [-1, 1]
 """
 
@@ -24,13 +26,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from icface_video.attributes import NUM_ATTRS
+from icface_video.attributes import AU_NAMES, NUM_ATTRS
 from icface_video.errors import InputError
+from icface_video.eyelids import EyelidConfig, eyelid_grid, load_for_model
 from icface_video.networks import Generator, GeneratorConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "generator.safetensors"
+_AU45 = AU_NAMES.index("AU45")
 
 
 @dataclass
@@ -88,10 +92,13 @@ class ReenactmentModel:
         outputs: (B, 3, R, R) float32 RGB in [-1, 1] on the model's device.
     """
 
-    def __init__(self, generator: Generator, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, generator: Generator, meta: dict[str, Any] | None = None,
+                 eyelids: EyelidConfig | None = None) -> None:
         self.generator = generator.eval().requires_grad_(False)
         self.config: GeneratorConfig = generator.config
         self.meta = meta or {}
+        #: the eyelid warp (fast design only); set to None to render without it.
+        self.eyelids = eyelids if generator.config.design == "fast" else None
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -114,12 +121,15 @@ class ReenactmentModel:
         return self
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "ReenactmentModel":
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+             eyelids: bool | str | Path = True) -> "ReenactmentModel":
         """Load an exported model folder or a training checkpoint folder.
 
         Args:
             path: folder; None = the shipped default model (``icface_video/weights``).
             device: torch device for the weights (kept in float32).
+            eyelids: True = the folder's ``eyelids.json`` when there is one; False = none;
+                a path = that eyelid file (e.g. for a training checkpoint folder).
         Raises:
             InputError: the folder or a file is missing, corrupt or does not fit.
         """
@@ -150,15 +160,23 @@ class ReenactmentModel:
             generator.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise InputError(weights_path, f"weights do not fit the configured generator ({exc})") from exc
-        return cls(generator.to(device), meta)
+        if isinstance(eyelids, bool):
+            lids = load_for_model(folder) if eyelids else None
+        else:
+            lids = EyelidConfig.load(eyelids)
+        return cls(generator.to(device), meta, lids)
 
     @torch.inference_mode()
-    def prepare_source(self, crop: torch.Tensor, source_attrs: torch.Tensor) -> SourceCache:
+    def prepare_source(self, crop: torch.Tensor, source_attrs: torch.Tensor,
+                       landmarks: torch.Tensor | None = None) -> SourceCache:
         """Run the once-per-source part (G_N / the encoder) on aligned source crops.
 
         Args:
             crop: (B, 3, R, R) RGB in [-1, 1]; B = 1 for a photo, B frames of a source clip.
             source_attrs: (B, 20) each crop's own attributes (AUs 0..5, angles in radians).
+            landmarks: optional (B, 478, 2) each crop's MediaPipe landmarks in crop pixels
+                (x right, y down, origin at the top-left pixel corner). With them, a model
+                that has an eyelid warp closes and opens the eyes to the driving AU45.
         Returns:
             A :class:`SourceCache` for :meth:`render` and :meth:`neutralize`.
         """
@@ -168,7 +186,25 @@ class ReenactmentModel:
         crop = crop.to(dev, torch.float32).contiguous(memory_format=self._layout)
         tensors = self.generator.encode(crop, source_attrs.to(dev))
         tensors = {k: v.contiguous(memory_format=self._layout) if v.dim() == 4 else v for k, v in tensors.items()}
+        if landmarks is not None:
+            if not torch.is_tensor(landmarks) or tuple(landmarks.shape) != (crop.shape[0], 478, 2):
+                shape = tuple(landmarks.shape) if torch.is_tensor(landmarks) else type(landmarks).__name__
+                raise ValueError(f"landmarks: expected shape ({crop.shape[0]}, 478, 2), got {shape}")
+            if not torch.isfinite(landmarks.float()).all():
+                raise ValueError("landmarks: contains NaN or infinite values")
+            tensors["source_landmarks"] = landmarks.to(dev, torch.float32)
         return SourceCache(tensors, self.resolution)
+
+    def _pre_grid(self, cache: SourceCache, attrs: torch.Tensor) -> torch.Tensor | None:
+        """The eyelid pre-warp for these driving attributes, or None without eyelids/landmarks."""
+        lms = cache.tensors.get("source_landmarks")
+        if self.eyelids is None or lms is None:
+            return None
+        b = attrs.shape[0]
+        src_au45 = cache.tensors["source_attrs"][:, _AU45]
+        if lms.shape[0] != b:
+            lms, src_au45 = lms.expand(b, -1, -1), src_au45.expand(b)
+        return eyelid_grid(self.eyelids, lms, src_au45, attrs[:, _AU45].float(), self.resolution)
 
     def _check_cache(self, cache: Any) -> SourceCache:
         if not isinstance(cache, SourceCache):
@@ -202,7 +238,8 @@ class ReenactmentModel:
         """
         cache = self._check_cache(cache)
         attrs = _check_attrs("attrs", attrs, batch=None if cache.batch == 1 else cache.batch)
-        return self._finish(self.generator.render(cache.tensors, attrs.to(self.device)))
+        attrs = attrs.to(self.device)
+        return self._finish(self.generator.render(cache.tensors, attrs, self._pre_grid(cache, attrs)))
 
     @torch.inference_mode()
     def neutralize(self, cache: SourceCache) -> torch.Tensor:
@@ -215,7 +252,8 @@ class ReenactmentModel:
         cache = self._check_cache(cache)
         if self.config.design == "paper":
             return {"image": self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()}
-        return self._finish(self.generator.render(cache.tensors, torch.zeros_like(cache.tensors["source_attrs"])))
+        zeros = torch.zeros_like(cache.tensors["source_attrs"])
+        return self._finish(self.generator.render(cache.tensors, zeros, self._pre_grid(cache, zeros)))
 
     @staticmethod
     def _finish(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -358,8 +358,15 @@ class Generator(nn.Module):
         }
 
     # -- render ---------------------------------------------------------------------------
-    def render(self, cache: dict[str, torch.Tensor], attrs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render driving attributes (B, 20) from a cache of batch 1 or B."""
+    def render(self, cache: dict[str, torch.Tensor], attrs: torch.Tensor,
+               pre_grid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Render driving attributes (B, 20) from a cache of batch 1 or B.
+
+        ``pre_grid`` (fast design): an optional (B, R, R, 2) backward grid over the source
+        crop applied *before* the generator's own flow (the eyelid warp,
+        ``icface_video.eyelids``); the returned ``grid`` is the composition, so a pixel
+        fetches ``source[pre_grid[grid_net]]``. Ignored by the paper design (it draws).
+        """
         if self.config.design == "paper":
             neutral = cache["neutral"]
             if neutral.shape[0] != attrs.shape[0]:
@@ -397,6 +404,13 @@ class Generator(nn.Module):
         if self.fine_head is not None:
             flow_hi = flow_hi + self.fine_head(d)
         grid = identity_grid(b, res, res, source.device, source.dtype) + flow_hi.permute(0, 2, 3, 1)
+        if pre_grid is not None:
+            # Compose as offsets: the pre-warp's displacement, fetched where the generator's
+            # grid points (zero outside the crop, so fetches beyond it are left as they are).
+            ident = identity_grid(b, res, res, source.device, source.dtype)
+            offset = (pre_grid.to(grid.dtype) - ident).permute(0, 3, 1, 2)
+            grid = grid + F.grid_sample(offset, grid, mode="bilinear", padding_mode="zeros",
+                                        align_corners=False).permute(0, 2, 3, 1)
         image = mask * warp(source, grid) + (1 - mask) * generated
         return {"image": image, "grid": grid, "mask": mask, "generated": generated}
 
@@ -408,11 +422,13 @@ class Generator(nn.Module):
         return self.render(cache, torch.zeros_like(src))["image"]
 
     def forward(self, source: torch.Tensor, source_attrs: torch.Tensor,
-                target_attrs: torch.Tensor, neutral_count: int = 0) -> dict[str, torch.Tensor]:
-        """Training pass: encode + render; with ``neutral_count`` > 0 also the neutral faces of
-        the first ``neutral_count`` sources as ``"neutral"`` (n, 3, R, R)."""
+                target_attrs: torch.Tensor, neutral_count: int = 0,
+                pre_grid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training pass: encode + render (``pre_grid`` as in :meth:`render`); with
+        ``neutral_count`` > 0 also the neutral faces of the first ``neutral_count`` sources
+        as ``"neutral"`` (n, 3, R, R)."""
         cache = self.encode(source, source_attrs)
-        out = self.render(cache, target_attrs)
+        out = self.render(cache, target_attrs, pre_grid)
         if neutral_count > 0:
             n = min(neutral_count, source.shape[0])
             out["neutral"] = self.neutralize({k: v[:n] for k, v in cache.items()})

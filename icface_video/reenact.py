@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from .align import AlignConfig, crop_matrix, landmark_params, warp_crop
+from .align import AlignConfig, crop_matrix, landmark_params, transform_points, warp_crop
 from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size
 from .errors import InputError, UsageError
@@ -109,6 +109,19 @@ class SourceFrame:
     matrix: np.ndarray
     crop: torch.Tensor
 
+    @property
+    def crop_landmarks(self) -> np.ndarray:
+        """(478, 2) float32 landmarks in crop pixels (x right, y down, origin top-left corner)."""
+        return transform_points(self.landmarks, self.matrix)
+
+
+def encode_sources(model, frames: list[SourceFrame]):
+    """The model's :class:`~icface_video.model.SourceCache` for one or more source frames
+    (crops, attributes and crop landmarks, so the eyelid warp can move the lids)."""
+    return model.prepare_source(torch.cat([sf.crop for sf in frames]),
+                                torch.from_numpy(np.stack([sf.attrs for sf in frames]).astype(np.float32)),
+                                torch.from_numpy(np.stack([sf.crop_landmarks for sf in frames])))
+
 
 def analyze_still(path: str | Path, size: int, face_index: int = 0) -> SourceFrame:
     """Load a photo (or a clip's first frame), find the face, crop it.
@@ -150,7 +163,7 @@ def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: 
         detail: as :attr:`RenderOptions.detail`.
         returns: (H, W, 3) uint8 RGB, the photo's size; with ``crop_only`` the (R, R, 3) crop.
     """
-    cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])
+    cache = encode_sources(model, [still])
     parts = model.render_parts(cache, attrs) if attrs is not None else model.neutralize_parts(cache)
     parts = {k: v.float().cpu() for k, v in parts.items()}
     if crop_only:
@@ -312,7 +325,7 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     half = dev.type == "cuda"
     cache = None
     if still:
-        cache = source_cache or model.prepare_source(first.crop, torch.from_numpy(first.attrs)[None])
+        cache = source_cache or encode_sources(model, [first])
 
     def paster_for(sf: SourceFrame) -> PasteBack:
         return PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
@@ -337,8 +350,7 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                         sources = [sf for _, sf in itertools.islice(clip_frames, b1 - b0)]
                         stages["source"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        cache = model.prepare_source(torch.cat([sf.crop for sf in sources]),
-                                                     torch.from_numpy(np.stack([sf.attrs for sf in sources])))
+                        cache = encode_sources(model, sources)
                     with torch.autocast("cuda", dtype=torch.float16, enabled=half):
                         parts = model.render_parts(cache, batch_attrs)
                     parts = {k: v.float().cpu() for k, v in parts.items()}

@@ -139,3 +139,19 @@ def test_pairing_and_selection():
     assert ev.pair_drivers(clips[:2]) == {"c0": None, "c1": None}
     entries = [{"id": "x1", "identity": "p"}, {"id": "x2", "identity": "p"}, {"id": "x3", "identity": "q"}]
     assert [e["id"] for e in ev.select_entries(entries, 2)] == ["x1", "x3"]
+
+
+def test_method_specs_choose_the_eyelid_warp(plumbing_model: Path):
+    """``NAME=CKPT``, ``NAME=CKPT:no-eyelids``, ``NAME=CKPT:eyelids=FILE``; anything else is an
+    error naming the spec."""
+    from icface_video.eyelids import EYELIDS_NAME, EyelidConfig
+    from icface_video.model import WEIGHTS_DIR
+
+    file = WEIGHTS_DIR / EYELIDS_NAME
+    methods, _ = ev.load_methods([f"a={plumbing_model}", f"b={plumbing_model}:eyelids={file}",
+                                  f"c={WEIGHTS_DIR}", f"d={WEIGHTS_DIR}:no-eyelids"], "cpu", lambda _: None)
+    lids = {m.name: m.model.eyelids for m in methods[1:]}
+    assert lids["a"] is None and lids["d"] is None  # the plumbing folder has no eyelids.json
+    assert lids["b"].gain == lids["c"].gain == EyelidConfig.load(file).gain
+    with pytest.raises(ValueError, match="--method e=x:eyelid"):
+        ev.load_methods(["e=x:eyelid"], "cpu", lambda _: None)

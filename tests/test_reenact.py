@@ -252,12 +252,14 @@ def test_batch_killed_then_resumed(plumbing_model, media, workdir):
     cmd = [str(Path(sys.executable).parent / "icface-video"), "batch", str(jobs), "-o", str(outdir),
            "--model", str(plumbing_model), "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_dir = outdir / ".icface-batch"  # a job is finished once its state file is written
     deadline = time.time() + 240
-    while time.time() < deadline and not (outdir.is_dir() and any(outdir.glob("job*.mp4"))):
+    while time.time() < deadline and not (state_dir.is_dir() and any(state_dir.glob("*.json"))):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole batch, workers included
     proc.wait()
-    finished_before = {p.name: p.stat().st_mtime_ns for p in outdir.glob("job*.mp4")}
+    recorded = {Path(json.loads(sp.read_text())["output"]).name for sp in state_dir.glob("*.json")}
+    finished_before = {p.name: p.stat().st_mtime_ns for p in outdir.glob("job*.mp4") if p.name in recorded}
     assert 1 <= len(finished_before) < 6
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -45,6 +45,9 @@ class DataConfig:
             of 4 candidate frames.
         eye_pair_prob: probability (when not a hard pair) that the target is the one of
             8 candidate frames whose eye closure (AU45) differs most from the source.
+        eyelids: an ``eyelids.json`` (``icface_video/eyelids.py``; "" = none): each pair's
+            source is pre-warped by it (its lids moved from its AU45 to the target's), as
+            the shipped model renders at inference, so the generator learns on top of it.
         augment: augmentation settings.
     """
 
@@ -53,6 +56,7 @@ class DataConfig:
     max_clips: int = 0
     hard_pair_prob: float = 0.5
     eye_pair_prob: float = 0.0
+    eyelids: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -13,7 +13,9 @@ last two are prepared once with :func:`train.prepare.prepare_clip` into a cache 
 (``--cache``, default ``$ICFACE_CACHE/eval-prepared/...``) and reused on later runs.
 
 Methods: ``--method NAME=CKPT`` (repeatable; an exported model folder, a training
-checkpoint folder, or a checkpoints folder with ``latest.json``). Without ``--method`` the
+checkpoint folder, or a checkpoints folder with ``latest.json``; ``NAME=CKPT:no-eyelids``
+renders without the folder's eyelid warp, ``icface_video/eyelids.py``, and
+``NAME=CKPT:eyelids=FILE`` with that eyelid file). Without ``--method`` the
 shipped default model is used (when it is missing this is said and only the baseline
 runs). The ``no-motion`` baseline (output = the source frame) is always included.
 
@@ -393,14 +395,17 @@ class Method:
     def __init__(self, name: str, model=None, path: str | None = None) -> None:
         self.name, self.model, self.path = name, model, path
 
-    def render(self, src: np.ndarray, src_attrs: np.ndarray, attrs: np.ndarray) -> np.ndarray:
-        """src (R, R, 3) uint8, src_attrs (20,), attrs (K, 20) -> (K, R, R, 3) uint8."""
+    def render(self, src: np.ndarray, src_attrs: np.ndarray, attrs: np.ndarray,
+               src_landmarks: np.ndarray | None = None) -> np.ndarray:
+        """src (R, R, 3) uint8, src_attrs (20,), attrs (K, 20), src_landmarks (478, 2) crop
+        pixels (for the eyelid warp) -> (K, R, R, 3) uint8."""
         if self.model is None:
             return np.repeat(src[None], len(attrs), axis=0)
         r, mr = src.shape[0], self.model.resolution
         img = src if r == mr else cv2.resize(src, (mr, mr), interpolation=cv2.INTER_AREA if mr < r else cv2.INTER_CUBIC)
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        cache = self.model.prepare_source(x, torch.from_numpy(src_attrs[None].astype(np.float32)))
+        lms = None if src_landmarks is None else torch.from_numpy(src_landmarks[None].astype(np.float32) * (mr / r))
+        cache = self.model.prepare_source(x, torch.from_numpy(src_attrs[None].astype(np.float32)), lms)
         outs = []
         for i in range(0, len(attrs), 32):
             y = self.model.render(cache, torch.from_numpy(attrs[i:i + 32].astype(np.float32)))
@@ -417,6 +422,19 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_dir() and latest.is_file() and not (path / "state.json").is_file():
         return path / json.loads(latest.read_text())["path"]
     return path
+
+
+def parse_model_spec(text: str, what: str) -> tuple[str, bool | str]:
+    """``MODEL``, ``MODEL:no-eyelids`` or ``MODEL:eyelids=FILE`` -> (MODEL, the ``eyelids``
+    argument of ``ReenactmentModel.load``). Raises ValueError naming ``what``."""
+    path, _, flag = text.partition(":")
+    if flag == "":
+        return path, True
+    if flag == "no-eyelids":
+        return path, False
+    if flag.startswith("eyelids=") and flag[len("eyelids="):]:
+        return path, flag[len("eyelids="):]
+    raise ValueError(f"{what}: unknown option {flag!r} (:no-eyelids or :eyelids=FILE)")
 
 
 def load_methods(specs: list[str], device: str, log) -> tuple[list[Method], list[str]]:
@@ -438,8 +456,9 @@ def load_methods(specs: list[str], device: str, log) -> tuple[list[Method], list
             name, ckpt = Path(spec).name, spec
         if not name or name == NO_MOTION or any(m.name == name for m in methods):
             raise ValueError(f"--method {spec}: the name must be unique and not {NO_MOTION!r}")
+        ckpt, eyelids = parse_model_spec(ckpt, f"--method {spec}")
         folder = resolve_checkpoint(Path(ckpt))
-        methods.append(Method(name, ReenactmentModel.load(folder, device=device), str(folder)))
+        methods.append(Method(name, ReenactmentModel.load(folder, device=device, eyelids=eyelids), str(folder)))
         log(f"method {name}: {folder}")
     return methods, notes
 
@@ -684,7 +703,7 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
         for m in methods:
             t0 = time.time()
             # self-reenactment
-            outs = m.render(src, src_attrs, c.attrs[1:])
+            outs = m.render(src, src_attrs, c.attrs[1:], c.landmarks[0])
             timings[m.name] += time.time() - t0
             tally = tallies[m.name]["self"]
             for k, v in image_metrics(outs, c.crops[1:], lpips).items():
@@ -698,7 +717,7 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
             # cross-reenactment (absolute driver attributes)
             if d is not None:
                 t0 = time.time()
-                outs = m.render(src, src_attrs, d.attrs[1:])
+                outs = m.render(src, src_attrs, d.attrs[1:], c.landmarks[0])
                 timings[m.name] += time.time() - t0
                 tally = tallies[m.name]["cross"]
                 found, flm = reader.sequence(outs, d.times[1:])
@@ -725,6 +744,8 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
             "self": tallies[m.name]["self"].summary(SELF_KEYS),
             "cross": tallies[m.name]["cross"].summary(CROSS_KEYS) if any(drivers.values()) else None,
             "checkpoint": m.path,
+            # the eyelid warp the model rendered with (icface_video/eyelids.py), or None
+            "eyelid_gain": getattr(getattr(m.model, "eyelids", None), "gain", None),
             # wall time of prepare_source + render + uint8 conversion, per output frame
             "render_ms_per_frame": 1000.0 * timings[m.name] / total if total and m.model is not None else None,
         }

@@ -33,7 +33,7 @@ CARD_TEMPLATE = """# ICface default model ({design}, {resolution} px)
 - Command: `python -m train.fit --config {config}`{start} ({step} steps, {wall_h:.2f} h of
   optimiser wall time in all).
 - Hardware: {hardware}.
-
+{eyelids}
 ## Evaluation
 
 The table is `python -m train.evaluate --markdown` output (protocol in train/README.md).
@@ -55,6 +55,18 @@ def export_generator(state: dict[str, torch.Tensor], config: GeneratorConfig, ou
     if path.stat().st_size > MAX_BYTES:
         raise ValueError(f"{path}: {path.stat().st_size} bytes, over the 30 MB budget")
     return path
+
+
+def _eyelids_line(folder: Path) -> str:
+    """The model card's line on the folder's eyelid warp ("" when it has none)."""
+    from icface_video.eyelids import load_for_model
+
+    lids = load_for_model(folder)
+    if lids is None:
+        return ""
+    return (f"- Eyelid warp: `eyelids.json` (gain {lids.gain}, fitted on the `{lids.provenance.get('split', '?')}` "
+            "split by `python -m train.fit_eyelids`; train/README.md, \"Closed eyes IV\"). The evaluation "
+            "renders with it.\n")
 
 
 @click.command()
@@ -90,7 +102,7 @@ def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: st
         start=(f", started from `{state['config']['run']['init_from']}` (`run.init_from`)"
                if state["config"].get("run", {}).get("init_from") else ""),
         step=state["step"], wall_h=(state.get("wall_s") or 0) / 3600, hardware=hardware,
-        evaluation=Path(eval_markdown).read_text().strip()))
+        eyelids=_eyelids_line(Path(out)), evaluation=Path(eval_markdown).read_text().strip()))
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), {out}/{CONFIG_NAME}")
 
 

@@ -7,13 +7,16 @@ AU45) and the targets are up to ``--per-clip`` frames with AU45 above ``--closed
 model renders the source with the target's attributes, and AU45 is re-extracted from the
 128 px output enlarged to 256 px (bicubic). Prints the mean target AU45, each model's
 mean output AU45 and its mean absolute error. A model whose eyes stay open reads near
-the source's AU45. ``--sheet PNG`` also writes a picture: one row per clip (its first
+the source's AU45. A model folder with an ``eyelids.json`` renders with its eyelid warp
+(the source's stored landmarks are passed); ``NAME=MODEL:no-eyelids`` renders without it,
+``NAME=MODEL:eyelids=FILE`` with that file (a training checkpoint has none of its own). ``--sheet PNG`` also writes a picture: one row per clip (its first
 closed-eye pair), columns source | target | each model's output, enlarged 2x.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,6 +27,7 @@ from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
 from icface_video.reenact import to_uint8
 from train.dataset import AU45, PairDataset
+from train.evaluate import parse_model_spec, resolve_checkpoint
 
 
 def closed_eye_pairs(ds: PairDataset, closed: float, per_clip: int) -> list[tuple[int, int, int]]:
@@ -54,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             ap.error(f"{item}: expected NAME=MODEL")
-        models[name] = ReenactmentModel.load(path)
+        try:
+            path, eyelids = parse_model_spec(path, item)
+        except ValueError as exc:
+            ap.error(str(exc))
+        models[name] = ReenactmentModel.load(resolve_checkpoint(Path(path)), eyelids=eyelids)
     ds = PairDataset(args.data, args.split)
     pairs = closed_eye_pairs(ds, args.closed, args.per_clip)
     if not pairs:
@@ -71,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (c, s, t) in enumerate(pairs):
                 clip = ds.clips[c]
                 src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-                cache = model.prepare_source(src, torch.from_numpy(clip.attrs[s])[None])
+                cache = model.prepare_source(src, torch.from_numpy(clip.attrs[s])[None],
+                                             torch.from_numpy(clip.landmarks[s])[None])
                 img = to_uint8(model.render(cache, torch.from_numpy(clip.attrs[t])[None]).cpu())[0]
                 if i in columns:
                     columns[i].append(img)

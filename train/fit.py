@@ -32,13 +32,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from icface_video.errors import InputError
+from icface_video.eyelids import EyelidConfig, eyelid_grid
 from icface_video.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from icface_video.runtime import tune_allocator
 from train import losses as L
 from train.checkpoint import (CheckpointError, find_latest, init_from_checkpoint, load_checkpoint, read_state,
                               save_checkpoint, state_digest)
 from train.config import ConfigError, TrainConfig, config_from_dict, load_config
-from train.dataset import DatasetError, PairDataset
+from train.dataset import AU45, DatasetError, PairDataset
 from train.mesh_flow import mesh_flow_loss, mesh_flow_target
 
 
@@ -111,6 +113,7 @@ class Trainer:
         self.step = 0
         self.wall = 0.0
         self.use_amp = cfg.run.amp and device.type == "cuda"
+        self.eyelids = EyelidConfig.load(cfg.data.eyelids) if cfg.data.eyelids and cfg.model.design == "fast" else None
         if dist_info.world > 1:
             self.G_train: nn.Module = DDP(self.G, device_ids=[device.index] if device.type == "cuda" else None)
             self.D_train: nn.Module = DDP(self.D, device_ids=[device.index] if device.type == "cuda" else None)
@@ -186,9 +189,13 @@ class Trainer:
 
         # generator update
         self.D.requires_grad_(False)
+        pre_grid = None
+        if self.eyelids is not None:
+            pre_grid = eyelid_grid(self.eyelids, batch["source_landmarks"], batch["source_attrs"][:, AU45],
+                                   batch["target_attrs"][:, AU45], src.shape[-1])
         with amp:
             out = self.G_train(src, batch["source_attrs"], batch["target_attrs"],
-                               lc.neutral_count if want_neutral else 0)
+                               lc.neutral_count if want_neutral else 0, pre_grid)
             fake = out["image"].float()
             res = fake.shape[-1]
             mouth, eyes = L.region_masks(batch["source_landmarks"], batch["target_landmarks"], res)
@@ -361,7 +368,7 @@ def main(config_path: str, resume: bool, data: str | None, out: str | None, step
         raw["model"] = {"preset": cfg.model.design, **raw["model"]}
         cfg = config_from_dict(raw, config_path)
         run(cfg, resume)
-    except (ConfigError, CheckpointError, DatasetError) as exc:
+    except (ConfigError, CheckpointError, DatasetError, InputError) as exc:
         click.echo(f"train.fit: error: {exc}", err=True)
         sys.exit(2)
 
