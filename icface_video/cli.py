@@ -167,11 +167,11 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
 # -- reenactment ---------------------------------------------------------------------
 
 
-def _load_model(model_path: str | None, device: str):
+def _load_model(model_path: str | None, device: str, eyelids: bool = True):
     from .model import ReenactmentModel
     from .reenact import pick_device
 
-    return ReenactmentModel.load(model_path, device=pick_device(device))
+    return ReenactmentModel.load(model_path, device=pick_device(device), eyelids=eyelids)
 
 
 def _presets(names: tuple[str, ...]):
@@ -192,6 +192,12 @@ DETAIL_OPTION = click.option(
          "only what it draws (mouth interior, lids) comes from its 128 px crop. --no-detail pastes the crop.")
 
 
+EYELIDS_OPTION = click.option(
+    "--eyelids/--no-eyelids", default=True, show_default=True,
+    help="Close and open the source's eyes to the driving AU45 with the model's eyelid warp "
+         "(its eyelids.json); --no-eyelids leaves the lids to the generator alone.")
+
+
 def render_options(func):
     """Options shared by the commands that write a video."""
     opts = [
@@ -200,6 +206,7 @@ def render_options(func):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
         DETAIL_OPTION,
+        EYELIDS_OPTION,
         click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
         click.option("--color-match", is_flag=True, help="Match the generated face's colours to the source."),
         click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="x264 quality (lower = better)."),
@@ -266,7 +273,7 @@ def stage_progress(enabled: bool) -> Iterator:
 @output_options
 def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
             relative, preset_names, set_exprs, smooth_method, smooth_strength, model_path, device, batch_size,
-            detail, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
@@ -290,7 +297,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
                          presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
                          render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
                                                 no_audio, preview, overwrite))
-        model = _load_model(model_path, device)
+        model = _load_model(model_path, device, eyelids)
         summary = run_reenact(job, model, update, cache)
     _report(summary, quiet, as_json)
 
@@ -309,7 +316,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @render_options
 @output_options
 def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
-            detail, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
     import numpy as np
 
@@ -327,7 +334,7 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     if duration is None:
         lengths = [keys.duration if keys else 0.0] + [p.duration for p in presets]
         duration = max(lengths) if max(lengths) > 0 else 3.0
-    model = _load_model(model_path, device)
+    model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     n = max(1, int(round(duration * fps)))
     times = np.arange(n, dtype=np.float64) / fps
@@ -364,10 +371,11 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
 @DETAIL_OPTION
+@EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, detail, crop_only, face_index, overwrite, quiet,
+def edit(source, output, preset_names, set_exprs, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
          as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
@@ -381,7 +389,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, cr
     if not preset_names and not set_exprs:
         raise UsageError("edit needs --preset or --set")
     presets, sets = _presets(preset_names), _sets(set_exprs)
-    model = _load_model(model_path, device)
+    model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
     image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only)
@@ -402,16 +410,18 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, cr
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
 @DETAIL_OPTION
+@EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def neutralize(source, output, model_path, device, detail, crop_only, face_index, overwrite, quiet, as_json) -> None:
+def neutralize(source, output, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
+               as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
     from .reenact import analyze_still, render_still
 
     check_output(output, overwrite)
-    model = _load_model(model_path, device)
+    model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     _write_image(output, render_still(model, still, None, detail, crop_only), overwrite)
     if as_json:

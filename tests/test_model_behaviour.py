@@ -167,8 +167,8 @@ def test_detail_paste_is_sharper_and_keeps_the_edit(run_cli, model_dir, faces_ro
 
 def test_edit_closes_eyes_when_au45_is_set_high(run_cli, model_dir, neutral_photo, tmp_path):
     """``edit --set AU45=4.5`` on an open-eyed photo, pasted back at the photo's resolution:
-    the eyelid warp closes the eyes (re-extracted AU45 rises by more than 1.5), and the
-    photo keeps its size."""
+    the eyelid warp closes the eyes (re-extracted AU45 rises by more than 1.5), the photo
+    keeps its size, and with ``--no-eyelids`` the eyes stay (nearly) open."""
     import cv2
 
     shut = tmp_path / "shut.png"
@@ -177,3 +177,8 @@ def test_edit_closes_eyes_when_au45_is_set_high(run_cli, model_dir, neutral_phot
     assert cv2.imread(str(shut)).shape == cv2.imread(str(neutral_photo)).shape
     before, after = _au(neutral_photo)[AU["AU45"]], _au(shut)[AU["AU45"]]
     assert after > before + 1.5, (before, after)
+    plain = tmp_path / "plain.png"  # --no-eyelids: the generator alone keeps them open
+    r = run_cli(["edit", "-s", neutral_photo, "--set", "AU45=4.5", "--no-eyelids", "-o", plain,
+                 *_model_args(model_dir)])
+    assert r.exit_code == 0, r.stderr
+    assert _au(plain)[AU["AU45"]] < before + 1.0
