@@ -200,7 +200,7 @@ def move_lids(config: EyelidConfig, landmarks: torch.Tensor, source_au45: torch.
         returns: (B, 478, 2) crop pixels; only the lid landmarks of ``config.motion`` move,
             and an upper-lid landmark never passes the lower-lid one facing it.
     """
-    _check_landmarks(landmarks)
+    check_landmarks(landmarks)
     out = landmarks.clone()
     ratio = opening_ratio(config, source_au45.to(landmarks), driving_au45.to(landmarks))
     for eye, motion in zip(EYES, config.motion):
@@ -248,12 +248,16 @@ def eyelid_grid(config: EyelidConfig, landmarks: torch.Tensor, source_au45: torc
     return torch.where(covered.permute(0, 2, 3, 1) > 0, grid, ident)
 
 
-def _check_landmarks(landmarks: Any) -> None:
-    if not torch.is_tensor(landmarks) or landmarks.ndim != 3 or landmarks.shape[1:] != (NUM_LANDMARKS, 2):
+def check_landmarks(landmarks: Any, batch: int | None = None) -> None:
+    """Raise ValueError (naming ``landmarks``) unless it is a finite floating point
+    (B, 478, 2) tensor, with B = ``batch`` when given."""
+    want = (batch if batch is not None else "B", NUM_LANDMARKS, 2)
+    if (not torch.is_tensor(landmarks) or landmarks.ndim != 3 or landmarks.shape[1:] != (NUM_LANDMARKS, 2)
+            or (batch is not None and landmarks.shape[0] != batch)):
         shape = tuple(landmarks.shape) if torch.is_tensor(landmarks) else type(landmarks).__name__
-        raise ValueError(f"landmarks: expected a (B, {NUM_LANDMARKS}, 2) tensor, got {shape}")
+        raise ValueError(f"landmarks: expected a ({', '.join(map(str, want))}) tensor, got {shape}")
     if not landmarks.is_floating_point() or not torch.isfinite(landmarks).all():
-        raise ValueError("landmarks: expected finite floating point values")
+        raise ValueError("landmarks: expected finite floating point values (no NaN or infinity)")
 
 
 def load_for_model(folder: str | Path) -> EyelidConfig | None:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from icface_video.attributes import AU_NAMES, NUM_ATTRS
 from icface_video.errors import InputError
-from icface_video.eyelids import EyelidConfig, eyelid_grid, load_for_model
+from icface_video.eyelids import EyelidConfig, check_landmarks, eyelid_grid, load_for_model
 from icface_video.networks import Generator, GeneratorConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -187,11 +187,7 @@ class ReenactmentModel:
         tensors = self.generator.encode(crop, source_attrs.to(dev))
         tensors = {k: v.contiguous(memory_format=self._layout) if v.dim() == 4 else v for k, v in tensors.items()}
         if landmarks is not None:
-            if not torch.is_tensor(landmarks) or tuple(landmarks.shape) != (crop.shape[0], 478, 2):
-                shape = tuple(landmarks.shape) if torch.is_tensor(landmarks) else type(landmarks).__name__
-                raise ValueError(f"landmarks: expected shape ({crop.shape[0]}, 478, 2), got {shape}")
-            if not torch.isfinite(landmarks.float()).all():
-                raise ValueError("landmarks: contains NaN or infinite values")
+            check_landmarks(landmarks, batch=crop.shape[0])
             tensors["source_landmarks"] = landmarks.to(dev, torch.float32)
         return SourceCache(tensors, self.resolution)
 

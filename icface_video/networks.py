@@ -403,11 +403,11 @@ class Generator(nn.Module):
         flow_hi = F.interpolate(flow, size=(res, res), mode="bilinear", align_corners=False)
         if self.fine_head is not None:
             flow_hi = flow_hi + self.fine_head(d)
-        grid = identity_grid(b, res, res, source.device, source.dtype) + flow_hi.permute(0, 2, 3, 1)
+        ident = identity_grid(b, res, res, source.device, source.dtype)
+        grid = ident + flow_hi.permute(0, 2, 3, 1)
         if pre_grid is not None:
             # Compose as offsets: the pre-warp's displacement, fetched where the generator's
             # grid points (zero outside the crop, so fetches beyond it are left as they are).
-            ident = identity_grid(b, res, res, source.device, source.dtype)
             offset = (pre_grid.to(grid.dtype) - ident).permute(0, 3, 1, 2)
             grid = grid + F.grid_sample(offset, grid, mode="bilinear", padding_mode="zeros",
                                         align_corners=False).permute(0, 2, 3, 1)

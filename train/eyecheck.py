@@ -9,8 +9,9 @@ model renders the source with the target's attributes, and AU45 is re-extracted 
 mean output AU45 and its mean absolute error. A model whose eyes stay open reads near
 the source's AU45. A model folder with an ``eyelids.json`` renders with its eyelid warp
 (the source's stored landmarks are passed); ``NAME=MODEL:no-eyelids`` renders without it,
-``NAME=MODEL:eyelids=FILE`` with that file (a training checkpoint has none of its own). ``--sheet PNG`` also writes a picture: one row per clip (its first
-closed-eye pair), columns source | target | each model's output, enlarged 2x.
+``NAME=MODEL:eyelids=FILE`` with that file (a training checkpoint has none of its own).
+``--sheet PNG`` also writes a picture: one row per clip (its first closed-eye pair),
+columns source | target | each model's output, enlarged 2x.
 """
 
 from __future__ import annotations

@@ -201,12 +201,13 @@ class Trainer:
             mouth, eyes = L.region_masks(batch["source_landmarks"], batch["target_landmarks"], res)
             weight = 1.0 + lc.mouth_weight * mouth + lc.eye_weight * eyes
             terms: dict[str, torch.Tensor] = {"l1": L.weighted_l1(fake, tgt, weight)}
-            if lc.eye_l1 > 0 or (lc.drawn_eye_l1 > 0 and "generated" in out):
+            # The two eye boxes, made once for the terms that use them.
+            if lc.eye_l1 > 0 or lc.drawn_eye_l1 > 0 or lc.mesh_flow > 0:
                 eye_box = L.eye_masks(batch["source_landmarks"], batch["target_landmarks"], res)
-                if lc.eye_l1 > 0:
-                    terms["eye_l1"] = L.masked_l1(fake, tgt, eye_box)
-                if lc.drawn_eye_l1 > 0 and "generated" in out:
-                    terms["drawn_eye_l1"] = L.masked_l1(out["generated"].float(), tgt, eye_box)
+            if lc.eye_l1 > 0:
+                terms["eye_l1"] = L.masked_l1(fake, tgt, eye_box)
+            if lc.drawn_eye_l1 > 0 and "generated" in out:
+                terms["drawn_eye_l1"] = L.masked_l1(out["generated"].float(), tgt, eye_box)
             if self.vgg is not None:
                 terms["perceptual"] = self.vgg(fake, tgt)
             if "grid" in out:
@@ -216,8 +217,7 @@ class Trainer:
                                                              lc.landmark_expression_weight, lc.upper_lid_weight)
                 if lc.mesh_flow > 0:
                     target_grid, covered = mesh_flow_target(batch["source_landmarks"], batch["target_landmarks"], res)
-                    mesh_weight = 1.0 + lc.mesh_flow_eye_weight * L.eye_masks(
-                        batch["source_landmarks"], batch["target_landmarks"], res)
+                    mesh_weight = 1.0 + lc.mesh_flow_eye_weight * eye_box
                     terms["mesh_flow"] = mesh_flow_loss(grid, target_grid, covered, mesh_weight)
                 if lc.flow_smooth > 0:
                     terms["flow_smooth"] = L.flow_smoothness(grid)

@@ -25,6 +25,7 @@ Three fits, all on the ``--split`` clips (never the test split for the shipped f
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import cv2
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {"model": args.model or "icface_video/weights", "pairs": len(pairs),
                         "clips": len({c for c, _, _ in pairs}), "target_au45_mean": round(float(targets.mean()), 3),
                         "gains": rows},
-        "command": "python -m train.fit_eyelids " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m train.fit_eyelids " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.time() - t0, 1)})
     config.save(args.out)
     print(f"gain {best['gain']} -> {args.out} ({time.time() - t0:.0f} s)")

