@@ -95,6 +95,9 @@ class AttributeTable:
         return (self.num_frames - 1) / span if span > 0 else 25.0
 
 
+ATTR_VALUE_LIMIT = 1e6  # larger AU or angle values (radians) are not measurements
+
+
 def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
     """Read an attribute CSV written by ``icface-video extract`` or by OpenFace 2.x.
 
@@ -106,9 +109,12 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
         InputError: missing file, not a CSV, missing columns, non-numeric values, no rows,
             or no row with success = 1.
     """
+    from .media import file_problem
+
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file" if not p.exists() else "is not a file")
+    problem = file_problem(p, "an attribute CSV")
+    if problem and problem != "empty file":
+        raise InputError(p, problem)
     try:
         with open(p, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh, skipinitialspace=True)
@@ -122,7 +128,7 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
                 raise InputError(p, f"not an attribute CSV: missing column(s) {', '.join(missing[:4])}"
                                  + (" ..." if len(missing) > 4 else ""))
             want = [col[c] for c in AU_COLUMNS + POSE_COLUMNS]
-            rows_t, rows_ok, rows_a = [], [], []
+            rows_t, rows_ok, rows_a, lines = [], [], [], []
             for line_no, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
                     continue
@@ -132,6 +138,7 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
                     rows_a.append([float(row[i]) for i in want])
                     rows_t.append(float(row[col["timestamp"]]) if "timestamp" in col else (len(rows_t)) / 25.0)
                     rows_ok.append(float(row[col["success"]]) > 0.5 if "success" in col else True)
+                    lines.append(line_no)
                 except (ValueError, IndexError):
                     raise InputError(p, f"line {line_no}: missing or non-numeric value") from None
     except UnicodeDecodeError:
@@ -142,9 +149,14 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
     ok = np.array(rows_ok, bool)
     if not ok.any():
         raise InputError(p, "no row with a face (success = 1)")
-    attrs = np.array(rows_a, np.float32)
-    if not np.isfinite(attrs[ok]).all():
-        raise InputError(p, "non-finite attribute values")
+    wide = np.array(rows_a, np.float64)
+    # Checked in float64, before the cast: 1e300 would overflow float32 (with a warning).
+    bad = ~(np.abs(wide) <= ATTR_VALUE_LIMIT).all(axis=1) & ok
+    bad |= ~np.isfinite(times)
+    if bad.any():
+        raise InputError(p, f"line {lines[int(np.argmax(bad))]}: non-finite or out-of-range value "
+                            f"(attributes and timestamps must be finite, |value| <= {ATTR_VALUE_LIMIT:g})")
+    attrs = np.where(np.abs(wide) <= ATTR_VALUE_LIMIT, wide, 0.0).astype(np.float32)  # rows without a face: refilled below
     if np.any(np.diff(times) <= 0):
         # Non-increasing timestamps (e.g. hand-made files): fall back to even spacing.
         times = np.arange(len(times), dtype=np.float64) / 25.0

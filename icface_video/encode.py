@@ -17,6 +17,19 @@ import numpy as np
 
 from .errors import IcfaceError
 
+# ffmpeg processes this process has running (killed by :func:`kill_encoders` when the
+# process must stop at once: a batch worker whose parent died).
+_LIVE: set[subprocess.Popen] = set()
+
+
+def kill_encoders() -> None:
+    """Kill every ffmpeg process this process started and has not finished."""
+    for proc in list(_LIVE):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
 
 def ffmpeg_exe() -> str:
     """Path of an ffmpeg binary.
@@ -85,6 +98,7 @@ class VideoEncoder:
             "-hide_banner", "-loglevel", "error", "-nostdin")
         cmd = stream.overwrite_output().compile(cmd=ffmpeg_exe())
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        _LIVE.add(self._proc)
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -100,6 +114,8 @@ class VideoEncoder:
     def _fail(self) -> None:
         err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
         self._proc.kill()
+        self._proc.wait()
+        _LIVE.discard(self._proc)
         last = err.splitlines()[-1] if err else f"exit code {self._proc.poll()}"
         raise IcfaceError(f"ffmpeg failed: {last}")
 
@@ -111,7 +127,9 @@ class VideoEncoder:
             except BrokenPipeError:
                 pass
         err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
-        if self._proc.wait() != 0:
+        code = self._proc.wait()
+        _LIVE.discard(self._proc)
+        if code != 0:
             raise IcfaceError(f"ffmpeg failed: {err.splitlines()[-1] if err else 'exit code ' + str(self._proc.returncode)}")
 
     def __enter__(self) -> "VideoEncoder":
@@ -123,6 +141,7 @@ class VideoEncoder:
         else:
             self._proc.kill()
             self._proc.wait()
+            _LIVE.discard(self._proc)
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

@@ -7,8 +7,10 @@ frame is held at a time, whatever the clip length.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +19,7 @@ import av
 import numpy as np
 
 from .errors import InputError
+from .outputs import file_kind
 
 # Demuxers that hold one picture (FFmpeg's image2 and the *_pipe image parsers).
 _STILL_FORMATS = {"image2", "image2pipe"}
@@ -66,15 +69,35 @@ class MediaInfo:
     has_audio: bool
 
 
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not a video or image")
+def file_problem(path: str | os.PathLike, what: str = "a video or image") -> str | None:
+    """Why ``path`` cannot be read as an input file (``what`` names the expected kind), or None.
+
+    Tells apart a missing file, a symbolic link loop, a directory, a special file (FIFO,
+    device, socket: never opened, a FIFO would block), no read permission and an empty file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself)"
+        if exc.errno == errno.ENOENT:
+            return "no such file" if not os.path.islink(path) else "broken symbolic link (its target does not exist)"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return f"is a directory, not {what}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {file_kind(st.st_mode)}, not {what} file"
     if not os.access(path, os.R_OK):
-        raise InputError(path, "not readable (permission denied)")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file")
+        return "not readable (permission denied)"
+    if st.st_size == 0:
+        return "empty file"
+    return None
+
+
+def _check_readable(path: Path) -> None:
+    problem = file_problem(path)
+    if problem:
+        raise InputError(path, problem)
 
 
 def _open(path: Path) -> av.container.InputContainer:
