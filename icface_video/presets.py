@@ -163,83 +163,117 @@ def parse(path: Path) -> Preset:
 
     Raises:
         PresetError: unreadable file, TOML syntax error, unknown key/table/attribute,
-            wrong type, out-of-range value, attribute outside the preset's region.
+            wrong type, out-of-range value, attribute outside the preset's region (the
+            first problem in the file; :func:`problems` lists them all).
     """
+    preset, found = _parse(path)
+    if found:
+        raise found[0]
+    assert preset is not None
+    return preset
+
+
+def problems(path: Path) -> list[PresetError]:
+    """Every problem of a preset file, in file order (empty when it is valid)."""
+    return _parse(path)[1]
+
+
+def _parse(path: Path) -> tuple[Preset | None, list[PresetError]]:
+    """The preset (None when invalid) and every problem found: checking goes on after
+    a bad key, so one run of ``presets validate`` reports them all."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PresetError(path, f"cannot read preset ({exc.__class__.__name__})") from None
+        return None, [PresetError(path, f"cannot read preset ({exc.__class__.__name__})")]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PresetError(path, f"TOML syntax error: {exc}") from None
+        return None, [PresetError(path, f"TOML syntax error: {exc}")]
+    found: list[PresetError] = []
 
-    def fail(key: str, reason: str, table: str | None = None) -> PresetError:
+    def fail(key: str, reason: str, table: str | None = None) -> None:
         line = _line_of(text, key, table)
         where = f"{path}:{line}" if line else str(path)
-        return PresetError(where, f"{key}: {reason}")
+        found.append(PresetError(where, f"{key}: {reason}"))
 
     for key in data:
         if key not in _TOP_KEYS:
-            raise fail(key, f"unknown key or operation (expected {', '.join(sorted(_TOP_KEYS))})")
+            fail(key, f"unknown key or operation (expected {', '.join(sorted(_TOP_KEYS))})")
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise fail("description", "must be a string")
+        fail("description", "must be a string")
     region = data.get("region")
     if region is not None and (not isinstance(region, str) or region not in REGIONS):
-        raise fail("region", f"expected one of {', '.join(REGIONS)}, got {region!r}")
+        fail("region", f"expected one of {', '.join(REGIONS)}, got {region!r}")
+        region = None  # an unknown region restricts nothing; the keys are still checked
     intensity = data.get("intensity", 1.0)
     if isinstance(intensity, bool) or not isinstance(intensity, (int, float)) or not 0 <= intensity <= 2:
-        raise fail("intensity", f"expected a number within 0..2, got {intensity!r}")
+        fail("intensity", f"expected a number within 0..2, got {intensity!r}")
     loop = data.get("loop", False)
     if not isinstance(loop, bool):
-        raise fail("loop", "expected true or false")
+        fail("loop", "expected true or false")
 
     ops: list[Op] = []
+    any_op = False
     for kind in OP_KINDS:
         table = data.get(kind, {})
         if not isinstance(table, dict):
-            raise fail(kind, "expected a table like [set] with NAME = value lines")
+            fail(kind, "expected a table like [set] with NAME = value lines")
+            any_op = True
+            continue
         for key, raw in table.items():
+            any_op = True
             try:
                 index = attr_index(key)
             except ValueError as exc:
-                raise fail(key, str(exc), kind) from None
+                fail(key, str(exc), kind)
+                continue
             if region is not None and ATTR_NAMES[index] not in REGIONS[region]:
-                raise fail(key, f"{ATTR_NAMES[index]} is outside the preset's region {region!r}", kind)
+                fail(key, f"{ATTR_NAMES[index]} is outside the preset's region {region!r}", kind)
+                continue
             if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise fail(key, f"expected a number (or a string like \"10deg\"), got {type(raw).__name__}", kind)
+                fail(key, f"expected a number (or a string like \"10deg\"), got {type(raw).__name__}", kind)
+                continue
             try:
                 value = parse_quantity(raw, index) if isinstance(raw, str) else float(raw)
             except ValueError as exc:
-                raise fail(key, str(exc), kind) from None
+                fail(key, str(exc), kind)
+                continue
             if not math.isfinite(value):
-                raise fail(key, "must be finite", kind)
+                fail(key, "must be finite", kind)
+                continue
             problem = check_value(kind, index, value)
             if problem:
-                raise fail(key, problem, kind)
+                fail(key, problem, kind)
+                continue
             ops.append(Op(kind, index, value))
-    if not ops:
-        raise PresetError(path, "no operation: add a [set], [add] or [scale] table")
+    if not any_op:
+        found.append(PresetError(path, "no operation: add a [set], [add] or [scale] table"))
 
     timeline = None
     if "timeline" in data:
         points = data["timeline"]
         if not isinstance(points, list) or not points:
-            raise fail("timeline", "expected [[timeline]] entries with time and weight")
-        rows = []
-        for i, pt in enumerate(points):
-            if not isinstance(pt, dict) or set(pt) != {"time", "weight"}:
-                raise fail("timeline", f"entry {i + 1}: expected exactly the keys time and weight")
-            t, w = pt["time"], pt["weight"]
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (t, w)):
-                raise fail("timeline", f"entry {i + 1}: time and weight must be numbers")
-            if t < 0 or not -1 <= w <= 1:
-                raise fail("timeline", f"entry {i + 1}: time must be >= 0 s and weight within -1..1")
-            rows.append((float(t), float(w)))
-        arr = np.array(rows, np.float64)
-        if np.any(np.diff(arr[:, 0]) <= 0):
-            raise fail("timeline", "times must increase")
-        timeline = arr
+            fail("timeline", "expected [[timeline]] entries with time and weight")
+        else:
+            rows = []
+            for i, pt in enumerate(points):
+                if not isinstance(pt, dict) or set(pt) != {"time", "weight"}:
+                    fail("timeline", f"entry {i + 1}: expected exactly the keys time and weight")
+                    continue
+                t, w = pt["time"], pt["weight"]
+                if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (t, w)):
+                    fail("timeline", f"entry {i + 1}: time and weight must be numbers")
+                    continue
+                if t < 0 or not -1 <= w <= 1:
+                    fail("timeline", f"entry {i + 1}: time must be >= 0 s and weight within -1..1")
+                    continue
+                rows.append((float(t), float(w)))
+            arr = np.array(rows, np.float64).reshape(-1, 2)
+            if np.any(np.diff(arr[:, 0]) <= 0):
+                fail("timeline", "times must increase")
+            timeline = arr
+    if found:
+        return None, found
     duration = float(timeline[-1, 0]) if timeline is not None else 0.0
-    return Preset(path.stem, description, region, float(intensity), tuple(ops), timeline, loop, str(path), duration)
+    return Preset(path.stem, description, region, float(intensity), tuple(ops), timeline, loop, str(path), duration), []
