@@ -17,14 +17,20 @@ under a file lock.
 from __future__ import annotations
 
 import csv
+import ctypes
 import fcntl
 import glob
 import hashlib
 import json
 import os
+import queue
 import signal
+import stat
+import sys
+import threading
+import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -43,6 +49,7 @@ FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *P
           "no_audio", "preview", "batch_size", "detail")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATE_DIR = ".icface-batch"
+REPORT_NAME = "report.json"
 
 
 @dataclass
@@ -99,16 +106,30 @@ class Problem:
 def read_rows(path: Path) -> list[tuple[int, dict]]:
     """(row number, raw dict) pairs from a CSV, JSONL or TOML job file.
 
+    A UTF-8 byte order mark (what Excel writes) is ignored.
+
     Raises:
-        InputError: unreadable or malformed file.
+        InputError: unreadable or malformed file, or a file with no job in it.
     """
-    if not path.is_file():
+    from .media import file_problem
+
+    problem = file_problem(path, "a job file")
+    if problem == "no such file":
         raise InputError(path, "no such job file")
+    if problem and problem != "empty file":
+        raise InputError(path, problem)
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read job file ({exc.__class__.__name__})") from None
+    rows = _parse_rows(path, suffix, text)
+    if not rows:
+        raise InputError(path, "no jobs in the job file" + (" (it is empty)" if not text.strip() else ""))
+    return rows
+
+
+def _parse_rows(path: Path, suffix: str, text: str) -> list[tuple[int, dict]]:
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
         rows = []
@@ -172,10 +193,14 @@ def default_output(fields: dict) -> str:
     return f"{name}__{digest}.mp4"
 
 
-def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[list[JobSpec], list[Problem]]:
-    """Check every row; returns the good jobs and every problem found (nothing is run)."""
+def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
+             allow_outside: bool = False) -> tuple[list[JobSpec], list[Problem]]:
+    """Check every row; returns the good jobs and every problem found (nothing is run).
+
+    ``allow_outside``: outputs may resolve outside ``outdir`` (see :func:`output_problem`).
+    """
     from . import presets as P
-    from .media import probe
+    from .media import file_problem, probe
 
     jobs: list[JobSpec] = []
     problems: list[Problem] = []
@@ -184,7 +209,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
     def check_media(path: str) -> str | None:
         if path not in probed:
             if path.lower().endswith(".csv"):
-                probed[path] = None if Path(path).is_file() else "no such file"
+                probed[path] = file_problem(path, "an attribute CSV")
             else:
                 try:
                     probe(path)
@@ -260,16 +285,47 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
         out = raw.get("output")
         if out:
             p = Path(str(out)).expanduser()
-            output = str(p if p.is_absolute() else (outdir / p).resolve())
+            output = str((p if p.is_absolute() else outdir / p).resolve())
         else:
             output = str((outdir / default_output(f)).resolve())
-        jobs.append(JobSpec(row, f, output))
+        spec = JobSpec(row, f, output)
+        problem = output_problem(output, outdir, spec.inputs(), allow_outside)
+        if problem:
+            problems.append(Problem(row, "output", problem))
+            continue
+        jobs.append(spec)
     seen: dict[str, int] = {}
     for job in jobs:
         if job.output in seen:
             problems.append(Problem(job.row, "output", f"same output as row {seen[job.output]}: {job.output}"))
         seen.setdefault(job.output, job.row)
     return jobs, problems
+
+
+def output_problem(output: str, outdir: Path, inputs: list[str], allow_outside: bool) -> str | None:
+    """Why a job may not write ``output`` (absolute, resolved), or None when it may.
+
+    Refused: the batch's own files (``OUTDIR/report.json``, anything under
+    ``OUTDIR/.icface-batch/``), one of the job's inputs, a path outside OUTDIR unless
+    ``allow_outside``, and anything that exists but is not a regular file.
+    """
+    from .outputs import file_kind, same_file
+
+    out, root = Path(output), outdir.resolve()
+    if out == root / REPORT_NAME or root / STATE_DIR in (out, *out.parents):
+        return f"{output}: reserved for the batch's own files ({REPORT_NAME}, {STATE_DIR}/)"
+    for src in inputs:
+        if same_file(src, out):
+            return f"{output}: is also an input of the job"
+    if not allow_outside and root not in out.parents:
+        return f"{output}: outside OUTDIR {root} (use --allow-outside to write there)"
+    try:
+        mode = os.stat(out).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode):
+        return f"{output}: is {file_kind(mode)}; only a regular file can be written or replaced"
+    return None
 
 
 def pairs_from_globs(source_glob: str, driving_glob: str, zip_pairs: bool) -> list[tuple[int, dict]]:
@@ -400,28 +456,80 @@ def to_reenact_job(spec: JobSpec):
 
 _WORKER: dict = {}
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_SECONDS = 0.25
 
-def _worker_init(model_path: str | None, device: str, threads: int, in_process: bool = False) -> None:
-    import torch
 
-    from .model import ReenactmentModel
-    from .reenact import pick_device
-    from .track import set_analysis_workers
+def stop_worker_now(signum: int = signal.SIGTERM, frame=None) -> None:
+    """End this worker at once: kill its ffmpeg processes, delete its temporary files, exit.
 
-    if not in_process:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-        torch.set_num_threads(max(1, threads))
-        set_analysis_workers(max(1, min(2, threads)))  # the cores are already shared between jobs
-    _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
-    from .memo import AnalysisCache
+    The SIGTERM handler of batch workers, and what they do when their parent is gone.
+    """
+    from .encode import kill_encoders
+    from .outputs import remove_live_temps
 
-    _WORKER["cache"] = AnalysisCache()
+    kill_encoders()
+    remove_live_temps()
+    os._exit(128 + int(signum))
+
+
+def follow_parent(parent_pid: int) -> None:
+    """Make this worker process end, with its encoders, whenever ``parent_pid`` ends.
+
+    However the batch's main process ends (exit, SIGTERM, ``kill -9``, a crash), its
+    workers must not go on writing into OUTDIR. Linux: ``PR_SET_PDEATHSIG`` delivers
+    SIGTERM when the parent dies; everywhere, a daemon thread checks every
+    ``PARENT_POLL_SECONDS`` that the parent is still ours (``os.getppid``), in case the
+    signal is missed (the parent died before the call) or the platform has none. Both
+    end in :func:`stop_worker_now`.
+    """
+    signal.signal(signal.SIGTERM, stop_worker_now)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        stop_worker_now()
+
+    threading.Thread(target=watch, name="icface-batch-parent-watch", daemon=True).start()
+
+
+def _worker_init(model_path: str | None, device: str, threads: int, in_process: bool = False,
+                 parent_pid: int | None = None, events=None) -> None:
+    if parent_pid is not None:
+        follow_parent(parent_pid)  # first: the parent may die while torch loads
+    if events is not None:
+        _WORKER["events"] = events  # each finished job's entry goes here at once (streamed --json)
+    try:
+        import torch
+
+        from .model import ReenactmentModel
+        from .reenact import pick_device
+        from .track import set_analysis_workers
+
+        if not in_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+            torch.set_num_threads(max(1, threads))
+            set_analysis_workers(max(1, min(2, threads)))  # the cores are already shared between jobs
+        _WORKER["model"] = ReenactmentModel.load(model_path, device=pick_device(device))
+        from .memo import AnalysisCache
+
+        _WORKER["cache"] = AnalysisCache()
+    except Exception as exc:
+        if in_process:
+            raise
+        # A worker that cannot start fails its jobs with the reason (one line each)
+        # instead of logging a traceback and breaking the pool.
+        _WORKER["init_error"] = str(exc) if isinstance(exc, IcfaceError) else f"internal error: {type(exc).__name__}: {exc}"
 
 
 def run_unit(specs: list[JobSpec], outdir: str) -> list[dict]:
     """Run jobs that share a source, in one worker (the source is analysed and encoded once)."""
-    import time
-
     from .jobs import run_reenact
 
     results = []
@@ -430,6 +538,8 @@ def run_unit(specs: list[JobSpec], outdir: str) -> list[dict]:
         entry = {"row": spec.row, "output": spec.output, "source": spec.fields["source"],
                  "driving": spec.fields.get("driving")}
         try:
+            if "init_error" in _WORKER:
+                raise IcfaceError(f"worker could not start: {_WORKER['init_error']}")
             _remove_stale_temps(spec.output)
             fingerprint = spec.fingerprint()
             summary = run_reenact(to_reenact_job(spec), _WORKER["model"], cache=_WORKER["cache"])
@@ -442,6 +552,8 @@ def run_unit(specs: list[JobSpec], outdir: str) -> list[dict]:
                          error=f"internal error: {type(exc).__name__}: {exc}")
         record(Path(outdir), spec, entry)
         results.append(entry)
+        if _WORKER.get("events") is not None:
+            _WORKER["events"].put(entry)
     return results
 
 
@@ -474,33 +586,66 @@ def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str |
 
     if pick_device(device).type == "cpu":
         # CPU: worker processes, each with its own model and torch threads.
-        pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
-                                   initializer=_worker_init, initargs=(model_path, device, threads))
+        ctx = get_context("spawn")
+        events = ctx.Queue()
+        pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_worker_init,
+                                   initargs=(model_path, device, threads, False, os.getpid(), events))
     else:
         # GPU: one model on the device, shared by worker threads (decode, analysis and
         # encoding overlap; the generator calls share the one model).
-        _worker_init(model_path, device, threads, in_process=True)
+        events = queue.Queue()
+        _worker_init(model_path, device, threads, in_process=True, events=events)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    reported: set[str] = set()
+
+    def report(entry: dict) -> None:
+        if entry["output"] in reported:
+            return
+        reported.add(entry["output"])
+        result.entries.append(entry)
+        if entry["status"] == "done":
+            result.done += 1
+        else:
+            result.failed += 1
+        if on_done:
+            on_done(entry)
+
     with pool:
         futures = [pool.submit(run_unit, g, str(outdir)) for g in groups]
         try:
-            for fut in as_completed(futures):
-                for entry in fut.result():
-                    result.entries.append(entry)
-                    if entry["status"] == "done":
-                        result.done += 1
-                    else:
-                        result.failed += 1
-                    if on_done:
-                        on_done(entry)
+            # Entries arrive one per job as it ends (the events queue); a unit's returned
+            # list is the fallback for any that did not come through the queue.
+            pending = set(futures)
+            while pending:
+                try:
+                    report(events.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+                for fut in [f for f in pending if f.done()]:
+                    pending.discard(fut)
+                    for entry in fut.result():
+                        report(entry)
         except BaseException:
             for f in futures:
                 f.cancel()
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # worker processes (CPU)
-                proc.terminate()
+            stop_workers(pool)
             raise
     result.report = str(write_report(outdir))
     return result
+
+
+def stop_workers(pool, timeout: float = 5.0) -> None:
+    """SIGTERM a process pool's workers (each kills its ffmpeg and deletes its temporary
+    files), then SIGKILL any still there after ``timeout`` seconds. No-op for threads."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
 
 
 def iter_dry_run(jobs: list[JobSpec]) -> Iterator[str]:
