@@ -7,8 +7,12 @@ exits with the codes in :mod:`icface_video.errors` (1 failure, 2 usage, 3 input)
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -22,10 +26,51 @@ from .smoothing import SMOOTH_METHODS, SmoothConfig
 # -- shared options ---------------------------------------------------------------
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (usage error, exit 2).
+
+    NaN slips through a plain range check (every comparison with it is false).
+    """
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+class DeviceChoice(click.Choice):
+    """``--device``: one of :data:`DEVICE_NAMES`, or ``cuda:N`` for the N-th GPU."""
+
+    def __init__(self) -> None:
+        super().__init__(DEVICE_NAMES)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and re.fullmatch(r"cuda:\d{1,3}", value.strip()):
+            return value.strip()
+        if value not in DEVICE_NAMES:
+            self.fail(f"{value!r} is not one of {', '.join(DEVICE_NAMES)}, cuda:N.", param, ctx)
+        return value
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "[auto|cpu|cuda|cuda:N|mps]"
+
+
+def device_option(func):
+    """``--device``, shared by every command that loads the model."""
+    return click.option("--device", type=DeviceChoice(), default="auto", show_default=True,
+                        help="Compute device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")(func)
+
+
 def smoothing_options(func):
     """``--smooth`` and ``--smooth-strength``, shared by every command that reads attributes."""
     func = click.option(
-        "--smooth-strength", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+        "--smooth-strength", type=FiniteFloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
         help="Smoothing strength: 1 = about one frame at 25 fps (gaussian) / 1.5 Hz cut-off (oneeuro); 2 = twice as smooth.",
     )(func)
     func = click.option(
@@ -140,7 +185,7 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     from .outputs import atomic_output, check_output
     from .track import analyze_media
 
-    check_output(output, overwrite)
+    check_output(output, overwrite, [source])
     smoothing = SmoothConfig(smooth_method, smooth_strength)
     start = time.perf_counter()
     with progress_bar("extract", not quiet and not as_json) as update:
@@ -203,7 +248,7 @@ def render_options(func):
     opts = [
         click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
                      help="Model folder (default: the shipped model)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
+        device_option,
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
         DETAIL_OPTION,
         EYELIDS_OPTION,
@@ -283,9 +328,9 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     from .memo import AnalysisCache, driver_list, prefetch_tracks
     from .outputs import check_output
 
-    check_output(output, overwrite)
     parts = {k: v for k, v in (("pose", pose_from), ("expression", expression_from), ("eyes", eyes_from),
                                ("mouth", mouth_from), ("brows", brows_from)) if v}
+    check_output(output, overwrite, [source, driving, *parts.values()])
     presets, sets, smoothing = _presets(preset_names), _sets(set_exprs), SmoothConfig(smooth_method, smooth_strength)
     with stage_progress(not quiet and not as_json) as update:
         # The drivers are analysed in a second thread while torch and the model load.
@@ -308,10 +353,10 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @click.option("--keyframes", type=click.Path(path_type=str), help="Keyframe file (TOML or CSV): times and values.")
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
 @click.option("--set", "set_exprs", multiple=True, help="Constant overrides, e.g. AU12=3 or yaw=10deg.")
-@click.option("--duration", type=click.FloatRange(min=0.04, max=3600), default=None,
+@click.option("--duration", type=FiniteFloatRange(min=0.04, max=3600), default=None,
               help="Seconds (default: the keyframes' or presets' length, else 3).")
-@click.option("--fps", type=click.FloatRange(min=1, max=120), default=25.0, show_default=True)
-@click.option("--ramp", type=click.FloatRange(0, 0.5), default=0.25, show_default=True,
+@click.option("--fps", type=FiniteFloatRange(min=1, max=120), default=25.0, show_default=True)
+@click.option("--ramp", type=FiniteFloatRange(0, 0.5), default=0.25, show_default=True,
               help="Presets without a timeline ramp in and out over this fraction of the duration.")
 @render_options
 @output_options
@@ -326,7 +371,7 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     from .presets import smooth_interp
     from .reenact import analyze_still, render_video
 
-    check_output(output, overwrite)
+    check_output(output, overwrite, [source, keyframes])
     if not keyframes and not preset_names and not set_exprs:
         raise UsageError("animate needs --keyframes, --preset or --set")
     keys = load_keyframes(keyframes) if keyframes else None
@@ -353,13 +398,33 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     _report(summary, quiet, as_json)
 
 
+def _check_image_output(output: str, overwrite: bool, source: str) -> None:
+    """Before any work: ``output`` may be written and OpenCV has a writer for its extension.
+
+    Raises:
+        UsageError: no image writer for the extension (e.g. ``.mp4``). OutputError: see
+            :func:`icface_video.outputs.check_output`.
+    """
+    import cv2
+
+    from .outputs import check_output
+
+    check_output(output, overwrite, [source])
+    if not cv2.haveImageWriter(output):
+        raise UsageError(f"{output}: cannot write this image type (use .png or .jpg)")
+
+
 def _write_image(output: str, rgb, overwrite: bool) -> None:
     import cv2
 
     from .outputs import atomic_output
 
     with atomic_output(output, overwrite) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        try:
+            written = cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        except cv2.error:
+            written = False
+        if not written:
             raise UsageError(f"{output}: cannot write this image type (use .png or .jpg)")
 
 
@@ -369,7 +434,7 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
@@ -382,10 +447,9 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
     import torch
 
     from .jobs import apply_overrides
-    from .outputs import check_output
     from .reenact import analyze_still, render_still
 
-    check_output(output, overwrite)
+    _check_image_output(output, overwrite, source)
     if not preset_names and not set_exprs:
         raise UsageError("edit needs --preset or --set")
     presets, sets = _presets(preset_names), _sets(set_exprs)
@@ -408,7 +472,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
 @click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
@@ -417,10 +481,9 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
 def neutralize(source, output, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
                as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
-    from .outputs import check_output
     from .reenact import analyze_still, render_still
 
-    check_output(output, overwrite)
+    _check_image_output(output, overwrite, source)
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     _write_image(output, render_still(model, still, None, detail, crop_only), overwrite)
@@ -463,12 +526,24 @@ def presets_show(name) -> None:
 @presets.command("validate")
 @click.argument("files", nargs=-1, required=True)
 def presets_validate(files) -> None:
-    """Check preset files; prints `ok` per file or fails with file:line: key: reason."""
+    """Check preset files; prints `ok` per good file, and every problem of a bad one as file:line: key: reason."""
     from . import presets as P
+    from .errors import InputError
 
+    bad = 0
     for f in files:
-        P.parse(P.resolve(f))
-        click.echo(f"{f}: ok")
+        try:
+            problems = P.problems(P.resolve(f))
+        except P.PresetError as exc:
+            problems = [exc]
+        for problem in problems:
+            click.echo(f"icface-video: error: {problem}", err=True)
+        if problems:
+            bad += 1
+        else:
+            click.echo(f"{f}: ok")
+    if bad:
+        raise InputError(files[0] if bad == len(files) == 1 else "presets", f"{bad} of {len(files)} preset file(s) invalid")
 
 
 # -- batch -------------------------------------------------------------------------------
@@ -485,12 +560,15 @@ def presets_validate(files) -> None:
 @click.option("--shard", help="K/N: run only this deterministic share of the jobs (1-based).")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid jobs even when some rows are invalid.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved jobs (one JSON line each) and exit.")
+@click.option("--allow-outside", is_flag=True,
+              help="Let jobs write outputs outside OUTDIR (absolute paths, ..); refused otherwise.")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option("--quiet", "-q", is_flag=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per finished job on stdout.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON line per job on stdout as it ends (and per job --resume skips).")
 def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resume, shard, skip_invalid, dry_run,
-          model_path, device, quiet, as_json) -> None:
+          allow_outside, model_path, device, quiet, as_json) -> None:
     """Run many reenactment jobs from JOBS_FILE (CSV, JSONL or TOML), or from globs.
 
     Exit codes: 0 all jobs done, 4 some jobs failed (see OUTDIR/report.json),
@@ -517,7 +595,7 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
     else:
         rows = B.pairs_from_globs(source_glob, driving_glob, zip_pairs)
         base = Path.cwd()
-    specs, problems = B.validate(rows, base, out.resolve())
+    specs, problems = B.validate(rows, base, out.resolve(), allow_outside)
     if problems:
         for pr in problems:
             click.echo(f"icface-video: error: {jobs_file or 'jobs'}: {pr}", err=True)
@@ -530,16 +608,31 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
         for line in B.iter_dry_run(specs):
             click.echo(line)
         return
-    out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in specs if not (resume and B.is_complete(out, s))]
+    if todo:
+        # A missing or corrupt model is one error (exit 3) before any work, not a
+        # failure in every worker.
+        _load_model(model_path, "cpu")
+    out.mkdir(parents=True, exist_ok=True)
     skipped = len(specs) - len(todo)
     show = not quiet and not as_json and sys.stderr.isatty()
     done_count = [0, 0]
 
+    def emit(entry: dict) -> None:
+        click.echo(json.dumps(entry))
+        sys.stdout.flush()  # one line per job as it ends, also into a pipe or a file
+
+    if as_json:
+        todo_keys = {s.key for s in todo}
+        for s in specs:
+            if s.key not in todo_keys:
+                emit({"row": s.row, "output": s.output, "source": s.fields["source"],
+                      "driving": s.fields.get("driving"), "status": "skipped", "error": None})
+
     def on_done(entry: dict) -> None:
         done_count[0 if entry["status"] == "done" else 1] += 1
         if as_json:
-            click.echo(json.dumps(entry))
+            emit(entry)
         elif show:
             click.echo(f"[{sum(done_count)}/{len(todo)}] {entry['status']}: {entry['output']}"
                        + (f" ({entry['error']})" if entry.get("error") else ""), err=True)
@@ -557,8 +650,61 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
 # -- entry point --------------------------------------------------------------------
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process ended by SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that the run unwinds as for Ctrl-C: temporary
+    files are deleted, ffmpeg and batch workers are stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    _terminated[0] = True
+    raise _Terminated()
+
+
+_terminated = [False]
+
+
+def ensure_std_streams() -> None:
+    """Give closed standard streams (``2>&-``, ``>&-``, ``<&-``) a ``/dev/null`` to use.
+
+    A closed stream must not stop the work: without this, Python's ``sys.stderr`` is None
+    (every message fails), and the next file opened takes the free descriptor, so native
+    libraries logging to fd 2 would write into it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI, turning every failure into one line on stderr and an exit code."""
+    """Run the CLI, turning every failure into one line on stderr and an exit code.
+
+    SIGTERM ends a run like Ctrl-C (nothing left under a final name, workers and encoders
+    stopped) with exit code 143.
+    """
+    ensure_std_streams()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        _terminated[0] = False
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     prog = "icface-video"
     from .runtime import tune_allocator
 
@@ -570,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
+        if _terminated[0]:
+            click.echo(f"{prog}: error: terminated (SIGTERM)", err=True)
+            return EXIT_TERMINATED
         click.echo(f"{prog}: error: interrupted", err=True)
         return 130
     except click.exceptions.ClickException as exc:
@@ -580,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"{prog}: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
+        if _terminated[0]:
+            click.echo(f"{prog}: error: terminated (SIGTERM)", err=True)
+            return EXIT_TERMINATED
         click.echo(f"{prog}: error: interrupted", err=True)
         return 130
     except OSError as exc:
