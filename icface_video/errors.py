@@ -9,6 +9,7 @@ Exit codes (documented in the README):
 * 1 other failure (:class:`IcfaceError`)
 * 2 usage error (bad option, bad value; Click's own usage errors also exit 2)
 * 3 input problem (:class:`InputError`): missing/unreadable/corrupt file, no face, ...
+* 4 ``batch`` only: some jobs failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
 """
 
 from __future__ import annotations

@@ -164,6 +164,23 @@ def test_batch_main_process_ending_ends_workers_and_encoders(plumbing_model, med
         _kill_session(proc.pid)
 
 
+def test_sigterm_to_reenact_unwinds_like_ctrl_c(plumbing_model, media, workdir):
+    out = workdir / "out.mp4"
+    cmd = [SCRIPT, "reenact", "-s", str(media["photo"]), "-d", str(media["grid"]), "-o", str(out),
+           "--model", str(plumbing_model), "--x264-preset", "ultrafast", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        assert wait_until(lambda: any(".part" in p.name for p in workdir.iterdir()), 120, 0.02)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        assert proc.stderr.read().strip().splitlines()[-1] == "icface-video: error: terminated (SIGTERM)"
+        assert wait_until(lambda: not session_pids(proc.pid), 10)  # its ffmpeg too
+        assert list(workdir.iterdir()) == []
+    finally:
+        _kill_session(proc.pid)
+
+
 # -- item 14.4: reserved names and outputs outside OUTDIR ------------------------------------
 
 
