@@ -198,6 +198,13 @@ EYELIDS_OPTION = click.option(
          "(its eyelids.json); --no-eyelids leaves the lids to the generator alone.")
 
 
+RENDERER_OPTION = click.option(
+    "--renderer", type=click.Choice(["geometry", "network"]), default="geometry", show_default=True,
+    help="geometry: the motion model moves the source's 3D landmarks and the frame is warped onto them "
+         "at its own resolution (mouth interior drawn); network: the ICface generator's 128 px render, "
+         "pasted back (--detail and --eyelids apply to it).")
+
+
 def render_options(func):
     """Options shared by the commands that write a video."""
     opts = [
@@ -205,6 +212,7 @@ def render_options(func):
                      help="Model folder (default: the shipped model)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
+        RENDERER_OPTION,
         DETAIL_OPTION,
         EYELIDS_OPTION,
         click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
@@ -223,7 +231,8 @@ def render_options(func):
     return func
 
 
-def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
+def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite,
+                    renderer="geometry"):
     from .encode import EncodeConfig
     from .paste import PasteConfig
     from .reenact import RenderOptions
@@ -231,7 +240,7 @@ def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset
     return RenderOptions(batch_size=batch_size, detail=detail, crop_only=crop_only,
                          paste=PasteConfig(color_match=color_match),
                          encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio),
-                         preview=preview, overwrite=overwrite)
+                         preview=preview, overwrite=overwrite, renderer=renderer)
 
 
 def _report(summary: dict, quiet: bool, as_json: bool) -> None:
@@ -273,7 +282,7 @@ def stage_progress(enabled: bool) -> Iterator:
 @output_options
 def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
             relative, preset_names, set_exprs, smooth_method, smooth_strength, model_path, device, batch_size,
-            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
@@ -296,7 +305,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
         job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
                          presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
                          render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
-                                                no_audio, preview, overwrite))
+                                                no_audio, preview, overwrite, renderer))
         model = _load_model(model_path, device, eyelids)
         summary = run_reenact(job, model, update, cache)
     _report(summary, quiet, as_json)
@@ -316,7 +325,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @render_options
 @output_options
 def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
-            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
     import numpy as np
 
@@ -345,7 +354,8 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     steady = [p for p in presets if p.timeline is None]
     attrs = apply_overrides(attrs, times, steady, [], envelope)
     attrs = apply_overrides(attrs, times, timed, sets)
-    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
+    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite,
+                              renderer)
     with stage_progress(not quiet and not as_json) as update:
         result = render_video(model, still, attrs, times, fps, output, options,
                               progress=(lambda d, t: update("render", d, t)) if update else None)
@@ -370,12 +380,13 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@RENDERER_OPTION
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
+def edit(source, output, preset_names, set_exprs, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
          as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
@@ -392,7 +403,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
-    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only)
+    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only, renderer)
     _write_image(output, image, overwrite)
     from .attributes import ATTR_NAMES
 
@@ -409,12 +420,13 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@RENDERER_OPTION
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def neutralize(source, output, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
+def neutralize(source, output, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
                as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
@@ -423,7 +435,7 @@ def neutralize(source, output, model_path, device, detail, eyelids, crop_only, f
     check_output(output, overwrite)
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
-    _write_image(output, render_still(model, still, None, detail, crop_only), overwrite)
+    _write_image(output, render_still(model, still, None, detail, crop_only, renderer), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))
     elif not quiet:

@@ -43,6 +43,8 @@ class AttributeTrack:
         fps: frame rate of the timeline (video's, or estimated from CSV timestamps).
         is_video: True when decoded from a video (it may carry audio and frames).
         has_audio: the file has an audio stream.
+        heads: (N, 3) the head's centre x, y and size in the driver's frame, pixels
+            (:func:`icface_video.align.landmark_params`, smoothed), for videos; None for CSVs.
     """
 
     path: str
@@ -52,6 +54,7 @@ class AttributeTrack:
     fps: float
     is_video: bool = False
     has_audio: bool = False
+    heads: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -65,14 +68,30 @@ class AttributeTrack:
             out[:, d] = np.interp(t, self.times, self.attrs[:, d])
         return out
 
+    def reference_index(self) -> int:
+        """The most neutral frame: least AU activity plus head-angle magnitude."""
+        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
+        score = np.where(self.success, score, np.inf)
+        return int(np.argmin(score))
+
     def reference(self) -> np.ndarray:
-        """(20,) the most neutral frame: least AU activity plus head-angle magnitude.
+        """(20,) the most neutral frame's attributes (:meth:`reference_index`).
 
         Used by relative driving: changes are taken against this frame.
         """
-        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
-        score = np.where(self.success, score, np.inf)
-        return self.attrs[int(np.argmin(score))].copy()
+        return self.attrs[self.reference_index()].copy()
+
+    def placement(self, times: np.ndarray, source_size: float) -> np.ndarray | None:
+        """(M, 3) the head's shift (dx, dy) and scale factor at ``times`` against the reference
+        frame, with the shift in the units of a source head of size ``source_size`` pixels;
+        None when the track has no head positions (a CSV)."""
+        if self.heads is None:
+            return None
+        t = np.asarray(times, np.float64)
+        h = np.stack([np.interp(t, self.times, self.heads[:, d]) for d in range(3)], axis=1)
+        ref = self.heads[self.reference_index()]
+        k = source_size / max(float(ref[2]), 1e-6)
+        return np.stack([(h[:, 0] - ref[0]) * k, (h[:, 1] - ref[1]) * k, h[:, 2] / max(float(ref[2]), 1e-6)], 1)
 
 
 def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig(), face_index: int = 0,
@@ -94,7 +113,8 @@ def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig()
     track = analyze_media(p, face_index=face_index, progress=progress)
     fps = track.info.fps or 25.0
     return AttributeTrack(str(p), track.times, track.attributes(smoothing), track.success, fps,
-                          is_video=not track.info.is_still, has_audio=track.info.has_audio)
+                          is_video=not track.info.is_still, has_audio=track.info.has_audio,
+                          heads=track.smoothed_crop_params().astype(np.float64))
 
 
 def region_columns(region: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .align import landmark_params
 from .controls import Op, apply_ops
 from .driving import AttributeTrack, compose
 from .errors import UsageError
@@ -65,6 +66,8 @@ class Plan:
         attrs: (N, 20). times: (N,) s. fps: output rate.
         audio_from: file to take audio from (None: none). driver_video: for the preview.
         lost_frames: driver frames where the face was lost (held/interpolated).
+        placement: (N, 3) the head's shift (dx, dy) px and scale factor in the source frame
+            (a photo driven in absolute mode by a video), else None.
     """
 
     source: SourceFrame | SourceClip
@@ -74,6 +77,7 @@ class Plan:
     audio_from: str | None
     driver_video: str | None
     lost_frames: int
+    placement: np.ndarray | None = None
 
 
 def apply_overrides(attrs: np.ndarray, times: np.ndarray, presets: list[Preset], sets: list[Op],
@@ -145,7 +149,11 @@ def plan_attributes(job: ReenactJob, resolution: int,
     elif primary is None and info.has_audio:
         audio_from = job.source
     driver_video = primary.path if primary is not None and primary.is_video else None
-    return Plan(source, attrs, times, fps, audio_from, driver_video, lost)
+    placement = None
+    pose_track = tracks.get("pose") or (main if job.mode != "expression" else None)
+    if info.is_still and not relative and pose_track is not None:
+        placement = pose_track.placement(times, float(landmark_params(source.landmarks)[2]))
+    return Plan(source, attrs, times, fps, audio_from, driver_video, lost, placement)
 
 
 def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None,
@@ -161,14 +169,15 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     plan = plan_attributes(job, model.resolution, progress, cache)
     analysis_seconds = time.perf_counter() - start
     source_cache = None
-    if isinstance(plan.source, SourceFrame):
+    if isinstance(plan.source, SourceFrame) and job.render.renderer == "network":
         still = plan.source
         encode = lambda: encode_sources(model, [still])  # noqa: E731
         source_cache = cache.get("encoded", job.source, encode, job.face_index) if cache else None
     result: RenderResult = render_video(
         model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,
         audio_from=plan.audio_from, driver_video=plan.driver_video,
-        progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache)
+        progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache,
+        placement=plan.placement)
     summary = {k: v for k, v in result.__dict__.items()}
     summary["stage_seconds"] = {"analysis": round(analysis_seconds, 3), **result.stage_seconds}
     summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,

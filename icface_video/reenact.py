@@ -28,6 +28,7 @@ from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
+from .geo_render import GeometryConfig, GeometryStage
 from .media import iter_frames
 from .outputs import atomic_output
 from .paste import PasteBack, PasteConfig
@@ -50,6 +51,11 @@ class RenderOptions:
         preview: also write ``<out>.preview.mp4`` (source | driver | result) and
             ``<out>.contact.png``.
         overwrite: replace existing outputs.
+        renderer: ``geometry`` (default): the motion model moves the source's 3D landmarks
+            and the geometric renderer warps the full-resolution frame onto them
+            (:mod:`icface_video.geo_render`); ``network``: the ICface generator renders a
+            128 px crop that is pasted back (``detail``, ``eyelids`` apply to it).
+        geometry: :class:`GeometryConfig` of the geometric renderer.
     """
 
     batch_size: int = 8
@@ -59,6 +65,29 @@ class RenderOptions:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     preview: bool = False
     overwrite: bool = False
+    renderer: str = "geometry"
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+
+
+RENDERERS: tuple[str, ...] = ("geometry", "network")
+
+
+def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
+    """The geometric stage when ``options.renderer`` is ``geometry``, else None.
+
+    Raises:
+        UsageError: an unknown renderer name.
+        InputError: the model folder has no motion model.
+    """
+    if options.renderer not in RENDERERS:
+        raise UsageError(f"--renderer {options.renderer}: expected one of {', '.join(RENDERERS)}")
+    if options.renderer != "geometry":
+        return None
+    if getattr(model, "motion", None) is None:
+        folder = getattr(model, "meta", {}).get("folder", "the model folder")
+        raise InputError(folder, "no motion model (motion.json) for the geometry renderer; "
+                                 "use --renderer network or run python -m train.fit_motion")
+    return GeometryStage(model.motion, options.geometry)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -155,14 +184,20 @@ def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.T
 
 
 def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: bool = True,
-                 crop_only: bool = False) -> np.ndarray:
+                 crop_only: bool = False, renderer: str = "geometry") -> np.ndarray:
     """One photo re-rendered (``edit``) or neutralised (``attrs`` None: ``neutralize``).
 
     Convention:
-        attrs: (1, 20) driving attributes (AUs 0..5, angles rad) or None for the neutral face.
-        detail: as :attr:`RenderOptions.detail`.
+        attrs: (1, 20) driving attributes (AUs 0..5, angles rad) or None for the neutral face
+            (zero AUs, zero angles; the network design uses its own G_N).
+        detail: as :attr:`RenderOptions.detail`; renderer: as :attr:`RenderOptions.renderer`.
         returns: (H, W, 3) uint8 RGB, the photo's size; with ``crop_only`` the (R, R, 3) crop.
     """
+    geo = geometry_stage(model, RenderOptions(renderer=renderer))
+    if geo is not None:
+        target = attrs[0].cpu().numpy() if attrs is not None else np.zeros_like(still.attrs)
+        frame = geo.render(still.rgb, still.landmarks, still.attrs, target)
+        return warp_crop(frame, still.matrix, AlignConfig(size=model.resolution)) if crop_only else frame
     cache = encode_sources(model, [still])
     parts = model.render_parts(cache, attrs) if attrs is not None else model.neutralize_parts(cache)
     parts = {k: v.float().cpu() for k, v in parts.items()}
@@ -294,10 +329,46 @@ class RenderResult:
     stage_seconds: dict = field(default_factory=dict)
 
 
+def _geometry_batch(geo: GeometryStage, sources: list[SourceFrame], attrs: np.ndarray, placement: np.ndarray | None,
+                    size: int, crop_only: bool, want_faces: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch of frames from the geometric renderer: (B, H, W, 3) uint8 (the aligned
+    ``size`` crops with ``crop_only``), and the aligned crops for the preview (or None)."""
+    frames = np.stack([geo.render(sf.rgb, sf.landmarks, sf.attrs, attrs[i], None if placement is None else placement[i])
+                       for i, sf in enumerate(sources)])
+    if not (crop_only or want_faces):
+        return frames, None
+    cfg = AlignConfig(size=size)
+    crops = np.stack([warp_crop(f, sf.matrix, cfg) for f, sf in zip(frames, sources)])
+    return (crops if crop_only else frames), (crops if want_faces else None)
+
+
+def _network_batch(model, cache, batch_attrs: torch.Tensor, sources: list[SourceFrame], paster: PasteBack | None,
+                   paster_for: Callable[[SourceFrame], PasteBack], options: RenderOptions, want_faces: bool,
+                   half: bool, stages: dict[str, float], t0: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch of frames from the ICface generator, pasted back (or its crops with ``crop_only``)."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+        parts = model.render_parts(cache, batch_attrs)
+    parts = {k: v.float().cpu() for k, v in parts.items()}
+    stages["generator"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    crops = parts["image"]
+    if options.crop_only:
+        frames = to_uint8(crops)
+    elif paster is not None:
+        frames = paste_render(paster, sources[0].rgb, parts, sources[0].crop, options.detail)
+    else:
+        frames = np.stack([
+            paste_render(paster_for(sf), sf.rgb, {k: v[i:i + 1] for k, v in parts.items()}, sf.crop, options.detail)[0]
+            for i, sf in enumerate(sources)])
+    stages["paste"] += time.perf_counter() - t0
+    return frames, (to_uint8(crops) if want_faces else None)
+
+
 def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: float,
                  output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
                  driver_video: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, source_cache=None) -> RenderResult:
+                 progress: Callable[[int, int], None] | None = None, source_cache=None,
+                 placement: np.ndarray | None = None) -> RenderResult:
     """Render the per-frame attributes onto the source and write the video.
 
     Args:
@@ -310,11 +381,13 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         audio_from: file whose audio is muxed in (None: no audio).
         driver_video: shown in the preview's middle panel.
         source_cache: a still source's :meth:`model.prepare_source` result, if already made.
+        placement: optional (N, 3) head shift (dx, dy) in source-frame pixels and scale factor
+            per frame (absolute driving; geometry renderer only).
     """
     output = Path(output)
     n = len(attrs)
     start = time.perf_counter()
-    stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0}
+    stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0, "geometry": 0.0}
     still = isinstance(source, SourceFrame)
     first = source if still else next(source.frames_at(times[:1]))[1]
     if options.crop_only:
@@ -324,13 +397,14 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     dev = model.device
     half = dev.type == "cuda"
     cache = None
-    if still:
+    geo = geometry_stage(model, options)
+    if still and geo is None:
         cache = source_cache or encode_sources(model, [first])
 
     def paster_for(sf: SourceFrame) -> PasteBack:
         return PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
 
-    paster = paster_for(first) if still and not options.crop_only else None
+    paster = paster_for(first) if still and not options.crop_only and geo is None else None
     preview = Preview(output, fps, n, options.overwrite, driver_video) if options.preview else None
     has_audio = bool(audio_from) and options.encode.audio
     ok = False
@@ -350,24 +424,16 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                         sources = [sf for _, sf in itertools.islice(clip_frames, b1 - b0)]
                         stages["source"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        cache = encode_sources(model, sources)
-                    with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                        parts = model.render_parts(cache, batch_attrs)
-                    parts = {k: v.float().cpu() for k, v in parts.items()}
-                    stages["generator"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    crops = parts["image"]
-                    if options.crop_only:
-                        frames = to_uint8(crops)
-                    elif still:
-                        frames = paste_render(paster, first.rgb, parts, first.crop, options.detail)
+                        if geo is None:
+                            cache = encode_sources(model, sources)
+                    if geo is not None:
+                        frames, faces = _geometry_batch(geo, sources, attrs[b0:b1],
+                                                        None if placement is None else placement[b0:b1],
+                                                        model.resolution, options.crop_only, preview is not None)
+                        stages["geometry"] += time.perf_counter() - t0
                     else:
-                        frames = np.stack([
-                            paste_render(paster_for(sf), sf.rgb, {k: v[i:i + 1] for k, v in parts.items()},
-                                         sf.crop, options.detail)[0]
-                            for i, sf in enumerate(sources)])
-                    stages["paste"] += time.perf_counter() - t0
-                    faces = to_uint8(crops) if preview is not None else None
+                        frames, faces = _network_batch(model, cache, batch_attrs, sources, paster, paster_for,
+                                                       options, preview is not None, half, stages, t0)
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
                         enc.write(np.ascontiguousarray(frame[:height, :width]))
