@@ -88,7 +88,9 @@ class StageProgress:
             if label not in self._tasks:
                 self._tasks[label] = (self.progress.add_task(label, total=total or None, fps=0.0), now)
             task, t0 = self._tasks[label]
-            self.progress.update(task, completed=done, total=total or None, fps=done / max(now - t0, 1e-6))
+            elapsed = now - t0
+            self.progress.update(task, completed=done, total=total or None,
+                                 fps=done / elapsed if elapsed > 0.5 else 0.0)  # no figure from one frame
             if label == "rendering" and total and done >= total and "encoding" not in self._tasks:
                 self._tasks["encoding"] = (self.progress.add_task("encoding", total=None, fps=0.0), now)
 

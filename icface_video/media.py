@@ -255,16 +255,20 @@ def exact_rate(value: float | Fraction | str, tolerance: float = 1e-5) -> Fracti
 
 
 def nominal_rate(average: Fraction | None, guessed: Fraction | None = None) -> Fraction:
-    """The rate a clip is meant to play at, exact: the container's average rate when
-    present, else FFmpeg's guess; a value within 0.001% of a standard rate is snapped to it
-    (an average computed from a duration, such as 2997/100, becomes 30000/1001). 0 when
-    neither is known."""
-    for r in (average, guessed):
-        if r and r > 0:
-            r = Fraction(r)
-            snapped = exact_rate(float(r))
-            return snapped if snapped in STANDARD_RATES else r
-    return Fraction(0)
+    """The rate a clip is meant to play at, exact.
+
+    Each rate within 0.001% of a standard rate is snapped to it (an average computed from
+    a duration, such as 2997/100, becomes 30000/1001). The average rate is taken when it
+    is standard; else FFmpeg's guessed rate (the rate its timestamps are on) when that is
+    standard (a variable-rate clip with dropped frames: average 23.4, guessed 30000/1001);
+    else the average, else the guess. 0 when neither is known.
+    """
+    rates = [Fraction(r) for r in (average, guessed) if r and r > 0]
+    snapped = [exact_rate(float(r)) for r in rates]
+    for r, s in zip(rates, snapped):
+        if s in STANDARD_RATES:
+            return s
+    return rates[0] if rates else Fraction(0)
 
 
 def is_variable_rate(times: np.ndarray, rate: Fraction | float) -> bool:
