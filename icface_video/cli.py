@@ -205,7 +205,7 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     summary = {
         "input": source, "output": output, "frames": track.num_frames, "faces_found": track.faces_found,
         "fallback_frames": track.fallback_frames, "video_fps": round(track.info.fps, 3),
-        "video_rate": f"{track.info.rate.numerator}/{track.info.rate.denominator}",
+        "video_rate": f"{track.info.rate.numerator}/{track.info.rate.denominator}" if track.info.rate else None,
         "seconds": round(seconds, 3), "fps": round(track.num_frames / max(seconds, 1e-9), 1),
     }
     if as_json:

@@ -29,7 +29,7 @@ from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
-from .media import iter_frames
+from .media import exact_rate, iter_frames
 from .outputs import atomic_output, is_sequence, sequence_stem
 from .paste import PasteBack, PasteConfig, face_mask
 from .smoothing import fill_missing
@@ -332,8 +332,6 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         driver_video: shown in the preview's middle panel.
         source_cache: a still source's :meth:`model.prepare_source` result, if already made.
     """
-    from .media import exact_rate
-
     output = Path(output)
     fmt = output_format(output, options.encode.codec, options.encode.alpha)
     fps = exact_rate(fps)
