@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 from .attributes import NUM_AUS
 from .controls import REGIONS
 from .csvio import read_attributes_csv
+from .media import exact_rate
 from .smoothing import SmoothConfig, smooth
 from .track import ATTR_UNITS, analyze_media
 
@@ -40,7 +42,8 @@ class AttributeTrack:
         times: (N,) seconds from the first frame.
         attrs: (N, 20) AUs 0..5, angles radians, smoothed and gap-filled.
         success: (N,) bool, where a face was measured.
-        fps: frame rate of the timeline (video's, or estimated from CSV timestamps).
+        fps: frame rate of the timeline, exact (the video's, e.g. 30000/1001, or
+            estimated from CSV timestamps and snapped to a standard rate within 0.2%).
         is_video: True when decoded from a video (it may carry audio and frames).
         has_audio: the file has an audio stream.
         heads: (N, 3) the head's centre x, y and size in the driver's frame, pixels
@@ -51,7 +54,7 @@ class AttributeTrack:
     times: np.ndarray
     attrs: np.ndarray
     success: np.ndarray
-    fps: float
+    fps: Fraction
     is_video: bool = False
     has_audio: bool = False
     heads: np.ndarray | None = None
@@ -109,9 +112,9 @@ def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig()
         table = read_attributes_csv(p)
         attrs = smooth(table.attrs, table.times, smoothing, unit=ATTR_UNITS)
         attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0, 5)
-        return AttributeTrack(str(p), table.times, attrs, table.success, table.fps)
+        return AttributeTrack(str(p), table.times, attrs, table.success, exact_rate(table.fps, tolerance=2e-3))
     track = analyze_media(p, face_index=face_index, progress=progress)
-    fps = track.info.fps or 25.0
+    fps = track.info.rate or Fraction(25)
     return AttributeTrack(str(p), track.times, track.attributes(smoothing), track.success, fps,
                           is_video=not track.info.is_still, has_audio=track.info.has_audio,
                           heads=track.smoothed_crop_params().astype(np.float64))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from .align import landmark_params
 from .controls import Op, apply_ops
 from .driving import AttributeTrack, compose
 from .errors import UsageError
-from .media import probe
+from .media import is_variable_rate, probe, rate_json, uniform_times
 from .memo import AnalysisCache, cached_track, driver_label
 from .presets import Preset
 from .reenact import (RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, encode_sources,
@@ -42,6 +43,9 @@ class ReenactJob:
         smoothing: temporal smoothing of driver attributes.
         face_index: which face in the source and the drivers.
         render: :class:`RenderOptions`.
+        start, duration: the part of the primary timeline to reenact (seconds from its
+            first frame; duration None = to the end). Every driver and a source clip are
+            cut at the same times; the audio too.
     """
 
     source: str
@@ -55,6 +59,8 @@ class ReenactJob:
     smoothing: SmoothConfig = field(default_factory=SmoothConfig)
     face_index: int = 0
     render: RenderOptions = field(default_factory=RenderOptions)
+    start: float = 0.0
+    duration: float | None = None
 
 
 @dataclass
@@ -63,7 +69,8 @@ class Plan:
 
     Attributes:
         source: the prepared still or clip.
-        attrs: (N, 20). times: (N,) s. fps: output rate.
+        attrs: (N, 20). times: (N,) s on the primary timeline (from ``start``; constant
+            rate: a variable-rate driver is resampled). fps: output rate, exact.
         audio_from: file to take audio from (None: none). driver_video: for the preview.
         lost_frames: driver frames where the face was lost (held/interpolated).
         placement: (N, 3) the head's shift (dx, dy) px and scale factor in the source frame
@@ -73,7 +80,7 @@ class Plan:
     source: SourceFrame | SourceClip
     attrs: np.ndarray
     times: np.ndarray
-    fps: float
+    fps: Fraction
     audio_from: str | None
     driver_video: str | None
     lost_frames: int
@@ -136,7 +143,10 @@ def plan_attributes(job: ReenactJob, resolution: int,
     if primary is not None:
         times, fps = primary.times, primary.fps
     else:
-        times, fps = source.times, source.track.info.fps or 25.0
+        times, fps = source.times, source.track.info.rate or Fraction(25)
+    if is_variable_rate(times, fps):
+        times = uniform_times(times, fps)  # frame k shown at k / fps: picture and audio in step
+    times = cut_timeline(times, job.start, job.duration, primary.path if primary is not None else job.source)
     if not info.is_still:
         base = source.attrs[source.indices_at(times)]
     relative = job.relative if job.relative is not None else info.is_still
@@ -154,6 +164,23 @@ def plan_attributes(job: ReenactJob, resolution: int,
     if info.is_still and not relative and pose_track is not None:
         placement = pose_track.placement(times, float(landmark_params(source.landmarks)[2]))
     return Plan(source, attrs, times, fps, audio_from, driver_video, lost, placement)
+
+
+def cut_timeline(times: np.ndarray, start: float = 0.0, duration: float | None = None,
+                 label: str = "input") -> np.ndarray:
+    """The frame times within ``[start, start + duration)`` (s; duration None: to the end).
+
+    Raises:
+        UsageError: ``start`` at or past the last frame (``label`` names the timeline).
+    """
+    if start == 0 and duration is None:
+        return times
+    end = np.inf if duration is None else start + duration
+    eps = 1e-6
+    keep = (times >= start - eps) & (times < end - eps)
+    if not keep.any():
+        raise UsageError(f"{label}: --start {start:g} is past its last frame (at {float(times[-1]):.3f} s)")
+    return times[keep]
 
 
 def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None,
@@ -181,5 +208,5 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     summary = {k: v for k, v in result.__dict__.items()}
     summary["stage_seconds"] = {"analysis": round(analysis_seconds, 3), **result.stage_seconds}
     summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,
-                   fps=round(plan.fps, 3), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
+                   **rate_json(plan.fps), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
     return summary

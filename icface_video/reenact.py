@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,13 +26,13 @@ import torch
 
 from .align import AlignConfig, crop_matrix, landmark_params, transform_points, warp_crop
 from .attributes import attributes_from_face
-from .encode import EncodeConfig, VideoEncoder, even_size
+from .encode import EncodeConfig, VideoEncoder, even_size, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
 from .geo_render import GeometryConfig, GeometryStage
-from .media import iter_frames
-from .outputs import atomic_output
-from .paste import PasteBack, PasteConfig
+from .media import exact_rate, iter_frames
+from .outputs import atomic_output, is_sequence, sequence_stem
+from .paste import PasteBack, PasteConfig, face_mask
 from .smoothing import fill_missing
 from .track import FaceTrack, analyze_media
 
@@ -259,8 +260,9 @@ class Preview:
 
     def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
                  height: int = 256) -> None:
-        self.video_path = output.with_name(output.stem + ".preview.mp4")
-        self.sheet_path = output.with_name(output.stem + ".contact.png")
+        stem = sequence_stem(output) if is_sequence(output) else output.stem
+        self.video_path = output.with_name(stem + ".preview.mp4")
+        self.sheet_path = output.with_name(stem + ".contact.png")
         self.height = height
         self.fps = fps
         self.picks = set(np.linspace(0, max(total - 1, 0), num=min(6, total)).round().astype(int).tolist())
@@ -319,7 +321,7 @@ class RenderResult:
 
     output: str
     frames: int
-    fps: float
+    fps: Fraction
     width: int
     height: int
     audio: bool
@@ -364,7 +366,21 @@ def _network_batch(model, cache, batch_attrs: torch.Tensor, sources: list[Source
     return frames, (to_uint8(crops) if want_faces else None)
 
 
-def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: float,
+def mask_alpha(sf: SourceFrame, size: int, options: RenderOptions) -> np.ndarray:
+    """The alpha channel of a frame rendered from ``sf``: the feathered face mask that
+    blends the generated face in, (H, W) uint8 in the full frame (255: all generated,
+    0: the source's own pixels); with ``crop_only`` the (size, size) crop's mask."""
+    if options.crop_only:
+        return (face_mask(sf.crop_landmarks, size, options.paste) * 255 + 0.5).astype(np.uint8)
+    paster = PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, size, options.paste)
+    alpha = np.zeros(sf.rgb.shape[:2], np.uint8)
+    if paster.mask_roi is not None:
+        x0, y0, x1, y1 = paster.roi
+        alpha[y0:y1, x0:x1] = (paster.mask_roi[0, 0].numpy() * 255 + 0.5).astype(np.uint8)
+    return alpha
+
+
+def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: Fraction | float,
                  output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
                  driver_video: str | None = None,
                  progress: Callable[[int, int], None] | None = None, source_cache=None,
@@ -375,9 +391,14 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         model: a loaded :class:`icface_video.model.ReenactmentModel` (on its device).
         source: a still (:class:`SourceFrame`) or a :class:`SourceClip`.
         attrs: (N, 20) attributes per output frame (AUs 0..5, angles rad).
-        times: (N,) output frame times in seconds.
-        fps: output frame rate.
-        output: final path (written to a temporary name first).
+        times: (N,) the output frames' times in seconds on the input timeline (a source
+            clip's frames and the preview's driver are taken at these times); the output
+            starts at ``times[0]``, and so does the audio taken from ``audio_from``.
+        fps: output frame rate, exact (a Fraction such as 30000/1001; a float is snapped
+            to a standard rate, :func:`icface_video.media.exact_rate`).
+        output: final path (written to a temporary name first); its extension decides
+            the container (:func:`icface_video.encode.output_format`), a pattern such as
+            ``frames/%05d.png`` writes an image sequence.
         audio_from: file whose audio is muxed in (None: no audio).
         driver_video: shown in the preview's middle panel.
         source_cache: a still source's :meth:`model.prepare_source` result, if already made.
@@ -385,6 +406,8 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
             per frame (absolute driving; geometry renderer only).
     """
     output = Path(output)
+    fmt = output_format(output, options.encode.codec, options.encode.alpha)
+    fps = exact_rate(fps)
     n = len(attrs)
     start = time.perf_counter()
     stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0, "geometry": 0.0}
@@ -406,12 +429,20 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
 
     paster = paster_for(first) if still and not options.crop_only and geo is None else None
     preview = Preview(output, fps, n, options.overwrite, driver_video) if options.preview else None
-    has_audio = bool(audio_from) and options.encode.audio
+    has_audio = bool(audio_from) and options.encode.audio and fmt.audio_codec is not None
+    alphas: dict[int, np.ndarray] = {}  # a still's mask, made once
+
+    def alpha_for(sf: SourceFrame) -> np.ndarray:
+        if not still:
+            return mask_alpha(sf, model.resolution, options)[:height, :width]
+        if 0 not in alphas:
+            alphas[0] = mask_alpha(sf, model.resolution, options)[:height, :width]
+        return alphas[0]
     ok = False
     try:
         with atomic_output(output, options.overwrite) as tmp:
             with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None,
-                              duration=n / fps) as enc:
+                              duration=float(n / fps), audio_start=float(times[0]) if n else 0.0) as enc:
                 clip_frames = None if still else source.frames_at(times)
                 for b0 in range(0, n, options.batch_size):
                     b1 = min(n, b0 + options.batch_size)
@@ -436,7 +467,8 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                                                        options, preview is not None, half, stages, t0)
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
-                        enc.write(np.ascontiguousarray(frame[:height, :width]))
+                        enc.write(np.ascontiguousarray(frame[:height, :width]),
+                                  alpha_for(sources[k]) if enc.alpha else None)
                         if preview is not None:
                             preview.add(b0 + k, float(times[b0 + k]), sources[k].rgb, frame, faces[k])
                     stages["encode"] += time.perf_counter() - t0
