@@ -12,6 +12,10 @@ State (for ``--resume``): one small JSON file per finished job under
 inputs' sizes and mtimes and a hash of the options. Shards share OUTDIR safely: every
 file a job writes is its own, and ``report.json`` is rebuilt from the state files
 under a file lock.
+
+Workers stream each job's entry to the main process as it ends (a queue), and end with
+the main process however it ends (:func:`follow_parent`), killing their ffmpeg
+processes and deleting their temporary files.
 """
 
 from __future__ import annotations
