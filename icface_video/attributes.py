@@ -241,6 +241,14 @@ def from_scale(attrs, scale: str, calibration: AuCalibration | None = None):
     return _map_aus(attrs, forward=True, calibration=calibration)
 
 
+def convert_scale(attrs, source: str, target: str, calibration: AuCalibration | None = None):
+    """Attributes on AU scale ``source`` -> scale ``target`` (through v2); a copy when equal."""
+    _check_scale(source), _check_scale(target)
+    if source == target:
+        return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
+    return to_scale(from_scale(attrs, source, calibration), target, calibration)
+
+
 def rotation_to_euler(rotation: np.ndarray) -> np.ndarray:
     """Head rotation matrix (OpenFace camera frame) to (pitch, yaw, roll).
 
