@@ -132,6 +132,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
 
     torch.set_num_threads(1)
     from icface_video.align import AlignConfig, crop_matrix, transform_points, warp_crop
+    from icface_video.attributes import AU_SCALE
     from icface_video.track import analyze_frames
 
     align = AlignConfig(size=size)
