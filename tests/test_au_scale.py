@@ -286,3 +286,70 @@ def test_calibration_file_is_json_with_provenance():
     doc = json.loads((REPO / "icface_video" / "au_calibration.json").read_text())
     assert doc["scale"] == "v2" and doc["command"] == "python -m train.fit_au_scale"
     assert set(doc["aus"]) == set(AU_NAMES)
+
+
+# -- training on a scale ---------------------------------------------------------------------
+
+
+def test_prepared_clips_record_their_scale_and_the_dataset_converts(tmp_path, faces_root):
+    """``train.prepare`` stores calibrated attributes with ``au_scale = "v2"``; the dataset
+    hands them out on the scale asked for (v1 for the shipped model's recipe), exactly."""
+    from train.dataset import PairDataset
+    from train.prepare import ClipJob, prepare_clip, write_index
+
+    dest = tmp_path / "prepared"
+    (dest / "clips").mkdir(parents=True)
+    entry = prepare_clip(ClipJob("c", "p", "train", (str(faces_root / "LivePortrait/assets/examples/driving/d1.mp4"),)),
+                         dest, 128, 8)
+    write_index(dest, [entry], [], 128)
+    with np.load(dest / "clips" / "c.npz") as z:
+        assert str(z["au_scale"]) == "v2"
+        stored = z["attrs"].astype(np.float32)
+    v1 = PairDataset(dest, "train").clips[0].attrs
+    v2 = PairDataset(dest, "train", au_scale="v2").clips[0].attrs
+    np.testing.assert_array_equal(v2, stored)
+    np.testing.assert_allclose(v1, to_scale(stored, "v1"), atol=1e-6)
+    assert not np.allclose(v1[:, :NUM_AUS], v2[:, :NUM_AUS])
+    with pytest.raises(ValueError, match="au_scale"):
+        PairDataset(dest, "train", au_scale="v0")
+
+
+def test_a_v2_run_records_its_scale_and_refuses_a_v1_resume(tmp_path):
+    """``data.au_scale = "v2"``: the checkpoint and the exported model say so, the loaded model
+    feeds its inputs unchanged, and resuming with a v1 config is refused."""
+    from click.testing import CliRunner
+
+    from train.checkpoint import CheckpointError
+    from train.config import ConfigError, config_from_dict, load_config
+    from train.export import main as export_main
+    from train.fit import run
+    from train.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "syn", resolution=64)
+    raw = load_config(REPO / "train" / "configs" / "tiny.toml").to_dict()
+    raw["model"] = {"preset": "fast", **raw["model"]}
+    raw["data"].update(root=str(data), au_scale="v2")
+    raw["run"].update(out_dir=str(tmp_path / "run"), checkpoint_every=2)
+    raw["optim"]["steps"] = 2
+    raw["loss"]["perceptual"] = 0.0
+    run(config_from_dict(raw, "test"), resume=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
+    assert model_au_scale(json.loads((ckpt / "state.json").read_text())) == "v2"
+    model = ReenactmentModel.load(ckpt)
+    assert model.au_scale == "v2"
+    x = torch.rand(3, NUM_ATTRS) * 4
+    assert torch.equal(model.network_attrs(x), x)
+    table = tmp_path / "eval.md"
+    table.write_text("| metric | value |\n| --- | --- |\n| l1 | 0 |\n")
+    result = CliRunner().invoke(export_main, ["--checkpoint", str(ckpt), "--out", str(tmp_path / "export"),
+                                              "--hardware", "test", "--eval-markdown", str(table)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["au_scale"] == "v2"
+    assert ReenactmentModel.load(tmp_path / "export").au_scale == "v2"
+    raw["data"]["au_scale"] = "v1"
+    raw["optim"]["steps"] = 4
+    with pytest.raises(CheckpointError, match="AU scale 'v2'"):
+        run(config_from_dict(raw, "test"), resume=True)
+    raw["data"]["au_scale"] = "v3"
+    with pytest.raises(ConfigError, match="au_scale"):
+        config_from_dict(raw, "test")
