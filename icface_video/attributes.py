@@ -267,11 +267,16 @@ def rotation_to_euler(rotation: np.ndarray) -> np.ndarray:
 
 
 def euler_to_rotation(angles: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rotation_to_euler`: (pitch, yaw, roll) radians -> (3, 3) rotation."""
-    a, b, c = (float(x) for x in np.asarray(angles).reshape(3))
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    """Inverse of :func:`rotation_to_euler`: (..., 3) pitch, yaw, roll radians -> (..., 3, 3) rotations
+    R = Rx(pitch) @ Ry(yaw) @ Rz(roll), float64."""
+    a = np.asarray(angles, np.float64)
+    if a.shape[-1:] != (3,):
+        raise ValueError(f"angles: expected shape (..., 3), got {a.shape}")
+    (ca, cb, cc), (sa, sb, sc) = np.moveaxis(np.cos(a), -1, 0), np.moveaxis(np.sin(a), -1, 0)
+    one, zero = np.ones_like(ca), np.zeros_like(ca)
+    rx = np.stack([one, zero, zero, zero, ca, -sa, zero, sa, ca], -1).reshape(a.shape[:-1] + (3, 3))
+    ry = np.stack([cb, zero, sb, zero, one, zero, -sb, zero, cb], -1).reshape(a.shape[:-1] + (3, 3))
+    rz = np.stack([cc, -sc, zero, sc, cc, zero, zero, zero, one], -1).reshape(a.shape[:-1] + (3, 3))
     return rx @ ry @ rz
 
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 
 from .controls import parse_set
 from .driving import MODES
+from .encode import CODECS, output_format
 from .errors import IcfaceError, InputError, UsageError
 from .smoothing import SMOOTH_METHODS
 
@@ -40,7 +41,7 @@ EXIT_SOME_FAILED = 4
 PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
 FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
           "smooth", "smooth_strength", "face_index", "crop_only", "color_match", "crf", "x264_preset",
-          "no_audio", "preview", "batch_size", "detail")
+          "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATE_DIR = ".icface-batch"
 
@@ -163,13 +164,13 @@ def _as_bool(value) -> bool:
 
 
 def default_output(fields: dict) -> str:
-    """Deterministic output name: <source>__<driver>[__<presets>]__<hash of everything>.mp4."""
+    """Deterministic output name: <source>__<driver>[__<presets>]__<hash of everything>.mp4 (.mov for ProRes)."""
     stem = Path(fields["source"]).stem
     drv = fields.get("driving") or next((fields[k] for k in PART_FIELDS if fields.get(k)), None)
     parts = [stem] + ([Path(drv).stem] if drv else []) + [Path(p).stem for p in fields.get("preset", [])]
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
     name = "__".join(parts)[:100]
-    return f"{name}__{digest}.mp4"
+    return f"{name}__{digest}{'.mov' if fields.get('codec') == 'prores' else '.mp4'}"
 
 
 def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[list[JobSpec], list[Problem]]:
@@ -224,7 +225,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                 parse_set(expr)
         except IcfaceError as exc:
             bad.append(Problem(row, "set", str(exc)))
-        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS}
+        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS, "codec": CODECS}
         for key, allowed in choices.items():
             if key in raw:
                 if str(raw[key]) not in allowed:
@@ -232,7 +233,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                 else:
                     f[key] = str(raw[key])
         numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "crf": (int, 0, 51),
-                   "batch_size": (int, 1, 256)}
+                   "batch_size": (int, 1, 256), "start": (float, 0, 1e6), "duration": (float, 1e-3, 1e6)}
         for key, (kind, lo, hi) in numbers.items():
             if key in raw:
                 try:
@@ -242,7 +243,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
                     f[key] = value
                 except (TypeError, ValueError):
                     bad.append(Problem(row, key, f"expected a number within {lo}..{hi}, got {raw[key]!r}"))
-        for key in ("relative", "crop_only", "color_match", "no_audio", "preview", "detail"):
+        for key in ("relative", "crop_only", "color_match", "no_audio", "preview", "detail", "alpha"):
             if key in raw:
                 try:
                     f[key] = _as_bool(raw[key])
@@ -263,6 +264,12 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path) -> tuple[li
             output = str(p if p.is_absolute() else (outdir / p).resolve())
         else:
             output = str((outdir / default_output(f)).resolve())
+        try:
+            if output_format(output, f.get("codec", "h264"), f.get("alpha", False)).sequence:
+                raise UsageError(f"{out}: image sequences are written by `reenact`, not by batch")
+        except UsageError as exc:
+            problems.append(Problem(row, "output", str(exc)))
+            continue
         jobs.append(JobSpec(row, f, output))
     seen: dict[str, int] = {}
     for job in jobs:
@@ -389,13 +396,15 @@ def to_reenact_job(spec: JobSpec):
                            crop_only=f.get("crop_only", False),
                            paste=PasteConfig(color_match=f.get("color_match", False)),
                            encode=EncodeConfig(crf=f.get("crf", 18), preset=f.get("x264_preset", "medium"),
-                                               audio=not f.get("no_audio", False)),
+                                               audio=not f.get("no_audio", False), codec=f.get("codec", "h264"),
+                                               alpha=f.get("alpha", False)),
                            preview=f.get("preview", False), overwrite=True)
     return ReenactJob(source=f["source"], output=spec.output, driving=f.get("driving"), parts=parts,
                       mode=f.get("mode", "full"), relative=f.get("relative"),
                       presets=[P.load(n) for n in f.get("preset", [])], sets=[parse_set(s) for s in f.get("set", [])],
                       smoothing=SmoothConfig(f.get("smooth", "gaussian"), f.get("smooth_strength", 1.0)),
-                      face_index=f.get("face_index", 0), render=render)
+                      face_index=f.get("face_index", 0), render=render, start=f.get("start", 0.0),
+                      duration=f.get("duration"))
 
 
 _WORKER: dict = {}

@@ -7,11 +7,13 @@ exits with the codes in :mod:`icface_video.errors` (1 failure, 2 usage, 3 input)
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
 
@@ -42,26 +44,72 @@ def output_options(func):
     return func
 
 
+def _finite(ctx, param, value):
+    """Click callback: refuse NaN and infinity (FloatRange lets NaN through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+    return value
+
+
+def stage_label(stage: str) -> str:
+    """What the progress display calls a pipeline stage: ``analyse driver`` -> ``analysing
+    driver``, ``render`` -> ``rendering``; others as given (``encoding``)."""
+    if stage.startswith("analyse"):
+        return "analysing" + stage[len("analyse"):]
+    return {"render": "rendering", "extract": "analysing"}.get(stage, stage)
+
+
+class StageProgress:
+    """Progress rows on a rich console, one per pipeline stage, each with frames done of
+    the total, frames/s, elapsed time and its own ETA (from that stage's own speed).
+
+    ``update(stage, done, total)`` (total 0 when unknown: no ETA) may come from several
+    threads. When ``rendering`` reaches its total, an ``encoding`` row shows while ffmpeg
+    finishes the file (flush, audio, index). ``get_time`` (seconds) is for tests.
+    """
+
+    def __init__(self, console=None, get_time: Callable[[], float] | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[fps]:>5.0f} frames/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn())
+        self.progress = Progress(*columns, console=console or Console(stderr=True), transient=True,
+                                 get_time=get_time)
+        self._tasks: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        label = stage_label(stage)
+        with self._lock:
+            now = self.progress.get_time()
+            if label not in self._tasks:
+                self._tasks[label] = (self.progress.add_task(label, total=total or None, fps=0.0), now)
+            task, t0 = self._tasks[label]
+            elapsed = now - t0
+            self.progress.update(task, completed=done, total=total or None,
+                                 fps=done / elapsed if elapsed > 0.5 else 0.0)  # no figure from one frame
+            if label == "rendering" and total and done >= total and "encoding" not in self._tasks:
+                self._tasks["encoding"] = (self.progress.add_task("encoding", total=None, fps=0.0), now)
+
+    def __enter__(self) -> "StageProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
 @contextmanager
 def progress_bar(description: str, enabled: bool) -> Iterator:
-    """A rich progress bar on stderr when it is a terminal; yields ``update(done, total)``."""
+    """A one-stage progress display on stderr when it is a terminal; yields ``update(done, total)``."""
     if not enabled or not sys.stderr.isatty():
         yield lambda done, total: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[fps]:.0f} fps"), TimeRemainingColumn())
-    start = time.perf_counter()
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None, fps=0.0)
-
-        def update(done: int, total: int) -> None:
-            fps = done / max(time.perf_counter() - start, 1e-6)
-            bar.update(task, completed=done, total=total or None, fps=fps)
-
-        yield update
+    with StageProgress() as bar:
+        yield lambda done, total: bar.update(description, done, total)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -140,6 +188,8 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     from .outputs import atomic_output, check_output
     from .track import analyze_media
 
+    if not output.lower().endswith(".csv"):
+        raise UsageError(f"{output}: extract writes CSV; the output must end in .csv")
     check_output(output, overwrite)
     smoothing = SmoothConfig(smooth_method, smooth_strength)
     start = time.perf_counter()
@@ -155,6 +205,7 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     summary = {
         "input": source, "output": output, "frames": track.num_frames, "faces_found": track.faces_found,
         "fallback_frames": track.fallback_frames, "video_fps": round(track.info.fps, 3),
+        "video_rate": f"{track.info.rate.numerator}/{track.info.rate.denominator}" if track.info.rate else None,
         "seconds": round(seconds, 3), "fps": round(track.num_frames / max(seconds, 1e-9), 1),
     }
     if as_json:
@@ -198,6 +249,13 @@ EYELIDS_OPTION = click.option(
          "(its eyelids.json); --no-eyelids leaves the lids to the generator alone.")
 
 
+RENDERER_OPTION = click.option(
+    "--renderer", type=click.Choice(["geometry", "network"]), default="geometry", show_default=True,
+    help="geometry: the motion model moves the source's 3D landmarks and the frame is warped onto them "
+         "at its own resolution (mouth interior drawn); network: the ICface generator's 128 px render, "
+         "pasted back (--detail and --eyelids apply to it).")
+
+
 def render_options(func):
     """Options shared by the commands that write a video."""
     opts = [
@@ -205,6 +263,7 @@ def render_options(func):
                      help="Model folder (default: the shipped model)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps."),
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
+        RENDERER_OPTION,
         DETAIL_OPTION,
         EYELIDS_OPTION,
         click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
@@ -214,6 +273,11 @@ def render_options(func):
                      type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]),
                      help="x264 speed preset."),
         click.option("--no-audio", is_flag=True, help="Do not copy the driver's audio."),
+        click.option("--codec", type=click.Choice(["h264", "prores"]), default="h264", show_default=True,
+                     help="Video codec: H.264 (.mp4 .mov .mkv) or ProRes 422 HQ (.mov .mkv). The output's "
+                          "extension decides the container; frames/%05d.png writes a PNG sequence."),
+        click.option("--alpha", is_flag=True,
+                     help="Write the face mask as an alpha channel: ProRes 4444 (with --codec prores) or RGBA PNGs."),
         click.option("--preview", is_flag=True, help="Also write OUT.preview.mp4 (source | driver | result) and OUT.contact.png."),
         click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Which face in the source and drivers (0 = largest)."),
@@ -223,15 +287,16 @@ def render_options(func):
     return func
 
 
-def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite):
+def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite,
+                    renderer="geometry", codec="h264", alpha=False):
     from .encode import EncodeConfig
     from .paste import PasteConfig
     from .reenact import RenderOptions
 
     return RenderOptions(batch_size=batch_size, detail=detail, crop_only=crop_only,
                          paste=PasteConfig(color_match=color_match),
-                         encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio),
-                         preview=preview, overwrite=overwrite)
+                         encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio, codec=codec, alpha=alpha),
+                         preview=preview, overwrite=overwrite, renderer=renderer)
 
 
 def _report(summary: dict, quiet: bool, as_json: bool) -> None:
@@ -240,17 +305,17 @@ def _report(summary: dict, quiet: bool, as_json: bool) -> None:
     elif not quiet:
         extra = f", preview {summary['preview']}" if summary.get("preview") else ""
         click.echo(f"wrote {summary['output']}: {summary['frames']} frames {summary['width']}x{summary['height']} "
-                   f"at {summary['fps']} fps, audio {'yes' if summary['audio'] else 'no'}{extra}", err=True)
+                   f"at {summary['fps_float']:g} fps ({summary['fps']}), audio {'yes' if summary['audio'] else 'no'}{extra}", err=True)
 
 
 @contextmanager
 def stage_progress(enabled: bool) -> Iterator:
-    """A progress bar whose description follows the pipeline stage: yields ``update(stage, done, total)``."""
+    """:class:`StageProgress` on stderr when it is a terminal: yields ``update(stage, done, total)``, else None."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    with progress_bar("", True) as update:
-        yield lambda stage, done, total: update(done, total)
+    with StageProgress() as bar:
+        yield bar.update
 
 
 @cli.command()
@@ -268,21 +333,28 @@ def stage_progress(enabled: bool) -> Iterator:
               help="Apply driver changes to the source's own values (default for photos) or copy them (default for clips).")
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable, in order).")
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1, AU12*=1.5 (repeatable).")
+@click.option("--start", type=click.FloatRange(min=0), default=0.0, callback=_finite,
+              help="Reenact from this time (s) of the driver (every driver, a source clip and the audio alike).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
+              help="Reenact this many seconds (default: to the driver's end).")
 @smoothing_options
 @render_options
 @output_options
 def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
-            relative, preset_names, set_exprs, smooth_method, smooth_strength, model_path, device, batch_size,
-            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            relative, preset_names, set_exprs, start, duration, smooth_method, smooth_strength, model_path, device,
+            batch_size, renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview,
+            face_index, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
     count, the driver's audio. A source clip is reenacted frame by frame (its last frame
     is held if the driver is longer).
     """
+    from .encode import output_format
     from .memo import AnalysisCache, driver_list, prefetch_tracks
     from .outputs import check_output
 
+    output_format(output, codec, alpha)
     check_output(output, overwrite)
     parts = {k: v for k, v in (("pose", pose_from), ("expression", expression_from), ("eyes", eyes_from),
                                ("mouth", mouth_from), ("brows", brows_from)) if v}
@@ -296,7 +368,8 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
         job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
                          presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
                          render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
-                                                no_audio, preview, overwrite))
+                                                no_audio, preview, overwrite, renderer, codec, alpha),
+                         start=start, duration=duration)
         model = _load_model(model_path, device, eyelids)
         summary = run_reenact(job, model, update, cache)
     _report(summary, quiet, as_json)
@@ -316,17 +389,22 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @render_options
 @output_options
 def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
-            detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, preview, face_index, overwrite, quiet, as_json) -> None:
+            renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview, face_index,
+            overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
     import numpy as np
 
+    from .encode import output_format
     from .jobs import apply_overrides
     from .keyframes import load_keyframes
+    from .media import exact_rate, rate_json
     from .outputs import check_output
     from .presets import smooth_interp
     from .reenact import analyze_still, render_video
 
+    output_format(output, codec, alpha)
     check_output(output, overwrite)
+    fps = exact_rate(fps)  # 29.97 -> 30000/1001
     if not keyframes and not preset_names and not set_exprs:
         raise UsageError("animate needs --keyframes, --preset or --set")
     keys = load_keyframes(keyframes) if keyframes else None
@@ -337,7 +415,7 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     n = max(1, int(round(duration * fps)))
-    times = np.arange(n, dtype=np.float64) / fps
+    times = np.arange(n, dtype=np.float64) / float(fps)
     attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
     envelope = smooth_interp(times, [0.0, ramp * duration, (1 - ramp) * duration, duration], [0.0, 1.0, 1.0, 0.0]) \
         if ramp > 0 else 1.0
@@ -345,12 +423,22 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
     steady = [p for p in presets if p.timeline is None]
     attrs = apply_overrides(attrs, times, steady, [], envelope)
     attrs = apply_overrides(attrs, times, timed, sets)
-    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite)
+    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite,
+                              renderer, codec, alpha)
     with stage_progress(not quiet and not as_json) as update:
         result = render_video(model, still, attrs, times, fps, output, options,
                               progress=(lambda d, t: update("render", d, t)) if update else None)
-    summary = dict(result.__dict__, source=source)
+    summary = dict(result.__dict__, source=source, **rate_json(result.fps))
     _report(summary, quiet, as_json)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _check_image_output(output: str) -> None:
+    """``edit`` and ``neutralize`` write one image: the extension must be an image type."""
+    if not output.lower().endswith(IMAGE_SUFFIXES):
+        raise UsageError(f"{output}: writes an image; the output must end in {', '.join(IMAGE_SUFFIXES)}")
 
 
 def _write_image(output: str, rgb, overwrite: bool) -> None:
@@ -370,12 +458,13 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@RENDERER_OPTION
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
+def edit(source, output, preset_names, set_exprs, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
          as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
@@ -385,6 +474,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
     from .outputs import check_output
     from .reenact import analyze_still, render_still
 
+    _check_image_output(output)
     check_output(output, overwrite)
     if not preset_names and not set_exprs:
         raise UsageError("edit needs --preset or --set")
@@ -392,7 +482,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
-    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only)
+    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only, renderer)
     _write_image(output, image, overwrite)
     from .attributes import ATTR_NAMES
 
@@ -409,21 +499,23 @@ def edit(source, output, preset_names, set_exprs, model_path, device, detail, ey
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
 @click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
 @click.option("--device", default="auto", show_default=True)
+@RENDERER_OPTION
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
 @click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
 @output_options
-def neutralize(source, output, model_path, device, detail, eyelids, crop_only, face_index, overwrite, quiet,
+def neutralize(source, output, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
                as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
     from .reenact import analyze_still, render_still
 
+    _check_image_output(output)
     check_output(output, overwrite)
     model = _load_model(model_path, device, eyelids)
     still = analyze_still(source, model.resolution, face_index)
-    _write_image(output, render_still(model, still, None, detail, crop_only), overwrite)
+    _write_image(output, render_still(model, still, None, detail, crop_only, renderer), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))
     elif not quiet:

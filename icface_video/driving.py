@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 from .attributes import NUM_AUS
 from .controls import REGIONS
 from .csvio import read_attributes_csv
+from .media import exact_rate
 from .smoothing import SmoothConfig, smooth
 from .track import ATTR_UNITS, analyze_media
 
@@ -40,18 +42,22 @@ class AttributeTrack:
         times: (N,) seconds from the first frame.
         attrs: (N, 20) AUs 0..5, angles radians, smoothed and gap-filled.
         success: (N,) bool, where a face was measured.
-        fps: frame rate of the timeline (video's, or estimated from CSV timestamps).
+        fps: frame rate of the timeline, exact (the video's, e.g. 30000/1001, or
+            estimated from CSV timestamps and snapped to a standard rate within 0.2%).
         is_video: True when decoded from a video (it may carry audio and frames).
         has_audio: the file has an audio stream.
+        heads: (N, 3) the head's centre x, y and size in the driver's frame, pixels
+            (:func:`icface_video.align.landmark_params`, smoothed), for videos; None for CSVs.
     """
 
     path: str
     times: np.ndarray
     attrs: np.ndarray
     success: np.ndarray
-    fps: float
+    fps: Fraction
     is_video: bool = False
     has_audio: bool = False
+    heads: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -65,14 +71,30 @@ class AttributeTrack:
             out[:, d] = np.interp(t, self.times, self.attrs[:, d])
         return out
 
+    def reference_index(self) -> int:
+        """The most neutral frame: least AU activity plus head-angle magnitude."""
+        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
+        score = np.where(self.success, score, np.inf)
+        return int(np.argmin(score))
+
     def reference(self) -> np.ndarray:
-        """(20,) the most neutral frame: least AU activity plus head-angle magnitude.
+        """(20,) the most neutral frame's attributes (:meth:`reference_index`).
 
         Used by relative driving: changes are taken against this frame.
         """
-        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
-        score = np.where(self.success, score, np.inf)
-        return self.attrs[int(np.argmin(score))].copy()
+        return self.attrs[self.reference_index()].copy()
+
+    def placement(self, times: np.ndarray, source_size: float) -> np.ndarray | None:
+        """(M, 3) the head's shift (dx, dy) and scale factor at ``times`` against the reference
+        frame, with the shift in the units of a source head of size ``source_size`` pixels;
+        None when the track has no head positions (a CSV)."""
+        if self.heads is None:
+            return None
+        t = np.asarray(times, np.float64)
+        h = np.stack([np.interp(t, self.times, self.heads[:, d]) for d in range(3)], axis=1)
+        ref = self.heads[self.reference_index()]
+        k = source_size / max(float(ref[2]), 1e-6)
+        return np.stack([(h[:, 0] - ref[0]) * k, (h[:, 1] - ref[1]) * k, h[:, 2] / max(float(ref[2]), 1e-6)], 1)
 
 
 def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig(), face_index: int = 0,
@@ -91,11 +113,12 @@ def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig()
         table = read_attributes_csv(p, face_index=face_index)
         attrs = smooth(table.attrs, table.times, smoothing, unit=ATTR_UNITS)
         attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0, 5)
-        return AttributeTrack(str(p), table.times, attrs, table.success, table.fps)
+        return AttributeTrack(str(p), table.times, attrs, table.success, exact_rate(table.fps, tolerance=2e-3))
     track = analyze_media(p, face_index=face_index, progress=progress)
-    fps = track.info.fps or 25.0
+    fps = track.info.rate or Fraction(25)
     return AttributeTrack(str(p), track.times, track.attributes(smoothing), track.success, fps,
-                          is_video=not track.info.is_still, has_audio=track.info.has_audio)
+                          is_video=not track.info.is_still, has_audio=track.info.has_audio,
+                          heads=track.smoothed_crop_params().astype(np.float64))
 
 
 def region_columns(region: str) -> np.ndarray:

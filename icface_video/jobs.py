@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .align import landmark_params
 from .controls import Op, apply_ops
 from .driving import AttributeTrack, compose
 from .errors import UsageError
-from .media import probe
+from .media import is_variable_rate, probe, rate_json, uniform_times
 from .memo import AnalysisCache, cached_track, driver_label
 from .presets import Preset
 from .reenact import (RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, encode_sources,
@@ -41,6 +43,9 @@ class ReenactJob:
         smoothing: temporal smoothing of driver attributes.
         face_index: which face in the source and the drivers.
         render: :class:`RenderOptions`.
+        start, duration: the part of the primary timeline to reenact (seconds from its
+            first frame; duration None = to the end). Every driver and a source clip are
+            cut at the same times; the audio too.
     """
 
     source: str
@@ -54,6 +59,8 @@ class ReenactJob:
     smoothing: SmoothConfig = field(default_factory=SmoothConfig)
     face_index: int = 0
     render: RenderOptions = field(default_factory=RenderOptions)
+    start: float = 0.0
+    duration: float | None = None
 
 
 @dataclass
@@ -62,18 +69,22 @@ class Plan:
 
     Attributes:
         source: the prepared still or clip.
-        attrs: (N, 20). times: (N,) s. fps: output rate.
+        attrs: (N, 20). times: (N,) s on the primary timeline (from ``start``; constant
+            rate: a variable-rate driver is resampled). fps: output rate, exact.
         audio_from: file to take audio from (None: none). driver_video: for the preview.
         lost_frames: driver frames where the face was lost (held/interpolated).
+        placement: (N, 3) the head's shift (dx, dy) px and scale factor in the source frame
+            (a photo driven in absolute mode by a video), else None.
     """
 
     source: SourceFrame | SourceClip
     attrs: np.ndarray
     times: np.ndarray
-    fps: float
+    fps: Fraction
     audio_from: str | None
     driver_video: str | None
     lost_frames: int
+    placement: np.ndarray | None = None
 
 
 def apply_overrides(attrs: np.ndarray, times: np.ndarray, presets: list[Preset], sets: list[Op],
@@ -132,7 +143,10 @@ def plan_attributes(job: ReenactJob, resolution: int,
     if primary is not None:
         times, fps = primary.times, primary.fps
     else:
-        times, fps = source.times, source.track.info.fps or 25.0
+        times, fps = source.times, source.track.info.rate or Fraction(25)
+    if is_variable_rate(times, fps):
+        times = uniform_times(times, fps)  # frame k shown at k / fps: picture and audio in step
+    times = cut_timeline(times, job.start, job.duration, primary.path if primary is not None else job.source)
     if not info.is_still:
         base = source.attrs[source.indices_at(times)]
     relative = job.relative if job.relative is not None else info.is_still
@@ -145,7 +159,28 @@ def plan_attributes(job: ReenactJob, resolution: int,
     elif primary is None and info.has_audio:
         audio_from = job.source
     driver_video = primary.path if primary is not None and primary.is_video else None
-    return Plan(source, attrs, times, fps, audio_from, driver_video, lost)
+    placement = None
+    pose_track = tracks.get("pose") or (main if job.mode != "expression" else None)
+    if info.is_still and not relative and pose_track is not None:
+        placement = pose_track.placement(times, float(landmark_params(source.landmarks)[2]))
+    return Plan(source, attrs, times, fps, audio_from, driver_video, lost, placement)
+
+
+def cut_timeline(times: np.ndarray, start: float = 0.0, duration: float | None = None,
+                 label: str = "input") -> np.ndarray:
+    """The frame times within ``[start, start + duration)`` (s; duration None: to the end).
+
+    Raises:
+        UsageError: ``start`` at or past the last frame (``label`` names the timeline).
+    """
+    if start == 0 and duration is None:
+        return times
+    end = np.inf if duration is None else start + duration
+    eps = 1e-6
+    keep = (times >= start - eps) & (times < end - eps)
+    if not keep.any():
+        raise UsageError(f"{label}: --start {start:g} is past its last frame (at {float(times[-1]):.3f} s)")
+    return times[keep]
 
 
 def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None] | None = None,
@@ -161,16 +196,17 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     plan = plan_attributes(job, model.resolution, progress, cache)
     analysis_seconds = time.perf_counter() - start
     source_cache = None
-    if isinstance(plan.source, SourceFrame):
+    if isinstance(plan.source, SourceFrame) and job.render.renderer == "network":
         still = plan.source
         encode = lambda: encode_sources(model, [still])  # noqa: E731
         source_cache = cache.get("encoded", job.source, encode, job.face_index) if cache else None
     result: RenderResult = render_video(
         model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,
         audio_from=plan.audio_from, driver_video=plan.driver_video,
-        progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache)
+        progress=(lambda d, t: progress("render", d, t)) if progress else None, source_cache=source_cache,
+        placement=plan.placement)
     summary = {k: v for k, v in result.__dict__.items()}
     summary["stage_seconds"] = {"analysis": round(analysis_seconds, 3), **result.stage_seconds}
     summary.update(source=job.source, driving=job.driving, lost_driver_frames=plan.lost_frames,
-                   fps=round(plan.fps, 3), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
+                   **rate_json(plan.fps), render_fps=round(result.frames / max(result.seconds, 1e-9), 2))
     return summary

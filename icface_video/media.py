@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -53,6 +54,8 @@ class MediaInfo:
         duration: seconds (0 when unknown).
         rotation: counter-clockwise degrees applied to decoded frames.
         has_audio: True when the file carries an audio stream.
+        rate: the exact frame rate as a fraction (``30000/1001``), 0 for stills and when
+            unknown; :func:`nominal_rate` of the container's average and guessed rates.
     """
 
     path: str
@@ -64,6 +67,7 @@ class MediaInfo:
     duration: float
     rotation: int
     has_audio: bool
+    rate: Fraction = Fraction(0)
 
 
 def _check_readable(path: Path) -> None:
@@ -130,6 +134,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             duration=0.0 if still else duration,
             rotation=rotation,
             has_audio=bool(container.streams.audio),
+            rate=Fraction(0) if still else nominal_rate(stream.average_rate, stream.guessed_rate),
         )
     finally:
         container.close()
@@ -209,3 +214,87 @@ def iter_frames(path: str | os.PathLike, max_frames: int | None = None, start: i
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """The first frame of an image or video as (H, W, 3) uint8 RGB."""
     return next(iter_frames(path, max_frames=1)).rgb
+
+
+# -- frame rates and timelines ---------------------------------------------------------------
+
+#: Frame rates that editing software expects exactly (NTSC rates as n*1000/1001).
+STANDARD_RATES: tuple[Fraction, ...] = tuple(
+    [Fraction(r) for r in (12, 15, 24, 25, 30, 48, 50, 60, 72, 90, 100, 120)]
+    + [Fraction(r * 1000, 1001) for r in (24, 30, 48, 60, 120)])
+
+
+def exact_rate(value: float | Fraction | str, tolerance: float = 1e-5) -> Fraction:
+    """A frame rate as an exact fraction.
+
+    A Fraction or an ``"N/D"`` string is kept as given. A float within ``tolerance``
+    (relative) of a standard rate becomes that rate (29.97003 -> 30000/1001); any other
+    float becomes the nearest fraction with a denominator up to 1001. The default
+    tolerance (1e-5: under one frame of drift in an hour) suits container rates; rates
+    estimated from rounded timestamps (CSV drivers) pass a looser one.
+
+    Raises:
+        ValueError: not a positive finite number.
+    """
+    if isinstance(value, str):
+        try:
+            value = Fraction(value)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"frame rate: expected a number or N/D, got {value!r}") from None
+    if isinstance(value, Fraction):
+        if value <= 0:
+            raise ValueError(f"frame rate: expected > 0, got {value}")
+        return value
+    v = float(value)
+    if not (0 < v < float("inf")):
+        raise ValueError(f"frame rate: expected a positive number, got {value!r}")
+    best = min(STANDARD_RATES, key=lambda r: abs(float(r) - v))
+    if abs(float(best) - v) <= tolerance * v:
+        return best
+    return Fraction(v).limit_denominator(1001)
+
+
+def nominal_rate(average: Fraction | None, guessed: Fraction | None = None) -> Fraction:
+    """The rate a clip is meant to play at, exact.
+
+    Each rate within 0.001% of a standard rate is snapped to it (an average computed from
+    a duration, such as 2997/100, becomes 30000/1001). The average rate is taken when it
+    is standard; else FFmpeg's guessed rate (the rate its timestamps are on) when that is
+    standard (a variable-rate clip with dropped frames: average 23.4, guessed 30000/1001);
+    else the average, else the guess. 0 when neither is known.
+    """
+    rates = [Fraction(r) for r in (average, guessed) if r and r > 0]
+    snapped = [exact_rate(float(r)) for r in rates]
+    for r, s in zip(rates, snapped):
+        if s in STANDARD_RATES:
+            return s
+    return rates[0] if rates else Fraction(0)
+
+
+def is_variable_rate(times: np.ndarray, rate: Fraction | float) -> bool:
+    """True when frame times drift from ``index / rate`` by more than half a frame.
+
+    Convention: times (N,) seconds from the first frame; rate frames/s > 0.
+    """
+    t = np.asarray(times, np.float64)
+    if len(t) < 2:
+        return False
+    uniform = t[0] + np.arange(len(t)) / float(rate)
+    return bool(np.abs(t - uniform).max() > 0.5 / float(rate))
+
+
+def uniform_times(times: np.ndarray, rate: Fraction | float) -> np.ndarray:
+    """(M,) ``k / rate`` (from ``times[0]``) covering the same span as ``times``: a
+    variable-rate timeline resampled to a constant rate, so frame k is shown at its own
+    time and audio and picture stay in step. M = round(span * rate) + 1."""
+    t = np.asarray(times, np.float64)
+    if len(t) == 0:
+        return t
+    m = int(round((t[-1] - t[0]) * float(rate))) + 1
+    return t[0] + np.arange(m, dtype=np.float64) / float(rate)
+
+
+def rate_json(rate: Fraction | float) -> dict:
+    """A frame rate for ``--json``: ``{"fps": "30000/1001", "fps_float": 29.97003}``."""
+    r = rate if isinstance(rate, Fraction) else exact_rate(rate)
+    return {"fps": f"{r.numerator}/{r.denominator}", "fps_float": round(float(r), 6)}

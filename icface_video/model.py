@@ -6,7 +6,9 @@ plus metadata) and ``generator.safetensors`` (fp16 or fp32 weights); this is wha
 checkpoint folder (``state.json`` + ``model.safetensors``) also loads: its EMA generator
 is used. Nothing is ever unpickled. An ``eyelids.json`` in the folder (fast design) adds
 the eyelid warp of :mod:`icface_video.eyelids`, used when the source's landmarks are given
-to :meth:`ReenactmentModel.prepare_source`.
+to :meth:`ReenactmentModel.prepare_source`. A ``motion.json`` + ``motion.safetensors`` pair
+adds the motion model of the geometric renderer (:mod:`icface_video.motion`), the default
+way frames are rendered (:attr:`ReenactmentModel.motion`).
 
 Typical use::
 
@@ -29,6 +31,7 @@ from safetensors.torch import load_file
 from icface_video.attributes import AU_NAMES, AU_SCALES, NUM_ATTRS, convert_scale, to_scale
 from icface_video.errors import InputError
 from icface_video.eyelids import EyelidConfig, check_landmarks, eyelid_grid, load_for_model
+from icface_video.motion import MOTION_NAME, MotionModel
 from icface_video.networks import Generator, GeneratorConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -128,6 +131,8 @@ class ReenactmentModel:
         self.au_scale: str = model_au_scale(self.meta)
         #: the eyelid warp (fast design only); set to None to render without it.
         self.eyelids = eyelids if generator.config.design == "fast" else None
+        #: the motion model of the geometric renderer (``motion.json`` in the folder), or None.
+        self.motion: MotionModel | None = None
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -194,7 +199,10 @@ class ReenactmentModel:
             lids = load_for_model(folder) if eyelids else None
         else:
             lids = EyelidConfig.load(eyelids)
-        return cls(generator.to(device), meta, lids)
+        model = cls(generator.to(device), meta, lids)
+        if (folder / MOTION_NAME).is_file():
+            model.motion = MotionModel.load(folder)
+        return model
 
     @torch.inference_mode()
     def prepare_source(self, crop: torch.Tensor, source_attrs: torch.Tensor,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,12 +26,13 @@ import torch
 
 from .align import AlignConfig, crop_matrix, landmark_params, transform_points, warp_crop
 from .attributes import attributes_from_face
-from .encode import EncodeConfig, VideoEncoder, even_size
+from .encode import EncodeConfig, VideoEncoder, even_size, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
-from .media import iter_frames
-from .outputs import atomic_output
-from .paste import PasteBack, PasteConfig
+from .geo_render import GeometryConfig, GeometryStage
+from .media import exact_rate, iter_frames
+from .outputs import atomic_output, is_sequence, sequence_stem
+from .paste import PasteBack, PasteConfig, face_mask
 from .smoothing import fill_missing
 from .track import FaceTrack, analyze_media
 
@@ -50,6 +52,11 @@ class RenderOptions:
         preview: also write ``<out>.preview.mp4`` (source | driver | result) and
             ``<out>.contact.png``.
         overwrite: replace existing outputs.
+        renderer: ``geometry`` (default): the motion model moves the source's 3D landmarks
+            and the geometric renderer warps the full-resolution frame onto them
+            (:mod:`icface_video.geo_render`); ``network``: the ICface generator renders a
+            128 px crop that is pasted back (``detail``, ``eyelids`` apply to it).
+        geometry: :class:`GeometryConfig` of the geometric renderer.
     """
 
     batch_size: int = 8
@@ -59,6 +66,29 @@ class RenderOptions:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     preview: bool = False
     overwrite: bool = False
+    renderer: str = "geometry"
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+
+
+RENDERERS: tuple[str, ...] = ("geometry", "network")
+
+
+def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
+    """The geometric stage when ``options.renderer`` is ``geometry``, else None.
+
+    Raises:
+        UsageError: an unknown renderer name.
+        InputError: the model folder has no motion model.
+    """
+    if options.renderer not in RENDERERS:
+        raise UsageError(f"--renderer {options.renderer}: expected one of {', '.join(RENDERERS)}")
+    if options.renderer != "geometry":
+        return None
+    if getattr(model, "motion", None) is None:
+        folder = getattr(model, "meta", {}).get("folder", "the model folder")
+        raise InputError(folder, "no motion model (motion.json) for the geometry renderer; "
+                                 "use --renderer network or run python -m train.fit_motion")
+    return GeometryStage(model.motion, options.geometry)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -155,14 +185,20 @@ def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.T
 
 
 def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: bool = True,
-                 crop_only: bool = False) -> np.ndarray:
+                 crop_only: bool = False, renderer: str = "geometry") -> np.ndarray:
     """One photo re-rendered (``edit``) or neutralised (``attrs`` None: ``neutralize``).
 
     Convention:
-        attrs: (1, 20) driving attributes (AUs 0..5, angles rad) or None for the neutral face.
-        detail: as :attr:`RenderOptions.detail`.
+        attrs: (1, 20) driving attributes (AUs 0..5, angles rad) or None for the neutral face
+            (zero AUs, zero angles; the network design uses its own G_N).
+        detail: as :attr:`RenderOptions.detail`; renderer: as :attr:`RenderOptions.renderer`.
         returns: (H, W, 3) uint8 RGB, the photo's size; with ``crop_only`` the (R, R, 3) crop.
     """
+    geo = geometry_stage(model, RenderOptions(renderer=renderer))
+    if geo is not None:
+        target = attrs[0].cpu().numpy() if attrs is not None else np.zeros_like(still.attrs)
+        frame = geo.render(still.rgb, still.landmarks, still.attrs, target)
+        return warp_crop(frame, still.matrix, AlignConfig(size=model.resolution)) if crop_only else frame
     cache = encode_sources(model, [still])
     parts = model.render_parts(cache, attrs) if attrs is not None else model.neutralize_parts(cache)
     parts = {k: v.float().cpu() for k, v in parts.items()}
@@ -224,8 +260,9 @@ class Preview:
 
     def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
                  height: int = 256) -> None:
-        self.video_path = output.with_name(output.stem + ".preview.mp4")
-        self.sheet_path = output.with_name(output.stem + ".contact.png")
+        stem = sequence_stem(output) if is_sequence(output) else output.stem
+        self.video_path = output.with_name(stem + ".preview.mp4")
+        self.sheet_path = output.with_name(stem + ".contact.png")
         self.height = height
         self.fps = fps
         self.picks = set(np.linspace(0, max(total - 1, 0), num=min(6, total)).round().astype(int).tolist())
@@ -284,7 +321,7 @@ class RenderResult:
 
     output: str
     frames: int
-    fps: float
+    fps: Fraction
     width: int
     height: int
     audio: bool
@@ -294,27 +331,86 @@ class RenderResult:
     stage_seconds: dict = field(default_factory=dict)
 
 
-def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: float,
+def _geometry_batch(geo: GeometryStage, sources: list[SourceFrame], attrs: np.ndarray, placement: np.ndarray | None,
+                    size: int, crop_only: bool, want_faces: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch of frames from the geometric renderer: (B, H, W, 3) uint8 (the aligned
+    ``size`` crops with ``crop_only``), and the aligned crops for the preview (or None)."""
+    frames = np.stack([geo.render(sf.rgb, sf.landmarks, sf.attrs, attrs[i], None if placement is None else placement[i])
+                       for i, sf in enumerate(sources)])
+    if not (crop_only or want_faces):
+        return frames, None
+    cfg = AlignConfig(size=size)
+    crops = np.stack([warp_crop(f, sf.matrix, cfg) for f, sf in zip(frames, sources)])
+    return (crops if crop_only else frames), (crops if want_faces else None)
+
+
+def _network_batch(model, cache, batch_attrs: torch.Tensor, sources: list[SourceFrame], paster: PasteBack | None,
+                   paster_for: Callable[[SourceFrame], PasteBack], options: RenderOptions, want_faces: bool,
+                   half: bool, stages: dict[str, float], t0: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch of frames from the ICface generator, pasted back (or its crops with ``crop_only``)."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+        parts = model.render_parts(cache, batch_attrs)
+    parts = {k: v.float().cpu() for k, v in parts.items()}
+    stages["generator"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    crops = parts["image"]
+    if options.crop_only:
+        frames = to_uint8(crops)
+    elif paster is not None:
+        frames = paste_render(paster, sources[0].rgb, parts, sources[0].crop, options.detail)
+    else:
+        frames = np.stack([
+            paste_render(paster_for(sf), sf.rgb, {k: v[i:i + 1] for k, v in parts.items()}, sf.crop, options.detail)[0]
+            for i, sf in enumerate(sources)])
+    stages["paste"] += time.perf_counter() - t0
+    return frames, (to_uint8(crops) if want_faces else None)
+
+
+def mask_alpha(sf: SourceFrame, size: int, options: RenderOptions) -> np.ndarray:
+    """The alpha channel of a frame rendered from ``sf``: the feathered face mask that
+    blends the generated face in, (H, W) uint8 in the full frame (255: all generated,
+    0: the source's own pixels); with ``crop_only`` the (size, size) crop's mask."""
+    if options.crop_only:
+        return (face_mask(sf.crop_landmarks, size, options.paste) * 255 + 0.5).astype(np.uint8)
+    paster = PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, size, options.paste)
+    alpha = np.zeros(sf.rgb.shape[:2], np.uint8)
+    if paster.mask_roi is not None:
+        x0, y0, x1, y1 = paster.roi
+        alpha[y0:y1, x0:x1] = (paster.mask_roi[0, 0].numpy() * 255 + 0.5).astype(np.uint8)
+    return alpha
+
+
+def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, times: np.ndarray, fps: Fraction | float,
                  output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
                  driver_video: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, source_cache=None) -> RenderResult:
+                 progress: Callable[[int, int], None] | None = None, source_cache=None,
+                 placement: np.ndarray | None = None) -> RenderResult:
     """Render the per-frame attributes onto the source and write the video.
 
     Args:
         model: a loaded :class:`icface_video.model.ReenactmentModel` (on its device).
         source: a still (:class:`SourceFrame`) or a :class:`SourceClip`.
         attrs: (N, 20) attributes per output frame (AUs 0..5, angles rad).
-        times: (N,) output frame times in seconds.
-        fps: output frame rate.
-        output: final path (written to a temporary name first).
+        times: (N,) the output frames' times in seconds on the input timeline (a source
+            clip's frames and the preview's driver are taken at these times); the output
+            starts at ``times[0]``, and so does the audio taken from ``audio_from``.
+        fps: output frame rate, exact (a Fraction such as 30000/1001; a float is snapped
+            to a standard rate, :func:`icface_video.media.exact_rate`).
+        output: final path (written to a temporary name first); its extension decides
+            the container (:func:`icface_video.encode.output_format`), a pattern such as
+            ``frames/%05d.png`` writes an image sequence.
         audio_from: file whose audio is muxed in (None: no audio).
         driver_video: shown in the preview's middle panel.
         source_cache: a still source's :meth:`model.prepare_source` result, if already made.
+        placement: optional (N, 3) head shift (dx, dy) in source-frame pixels and scale factor
+            per frame (absolute driving; geometry renderer only).
     """
     output = Path(output)
+    fmt = output_format(output, options.encode.codec, options.encode.alpha)
+    fps = exact_rate(fps)
     n = len(attrs)
     start = time.perf_counter()
-    stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0}
+    stages = {"generator": 0.0, "paste": 0.0, "encode": 0.0, "source": 0.0, "geometry": 0.0}
     still = isinstance(source, SourceFrame)
     first = source if still else next(source.frames_at(times[:1]))[1]
     if options.crop_only:
@@ -324,20 +420,29 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
     dev = model.device
     half = dev.type == "cuda"
     cache = None
-    if still:
+    geo = geometry_stage(model, options)
+    if still and geo is None:
         cache = source_cache or encode_sources(model, [first])
 
     def paster_for(sf: SourceFrame) -> PasteBack:
         return PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, model.resolution, options.paste)
 
-    paster = paster_for(first) if still and not options.crop_only else None
+    paster = paster_for(first) if still and not options.crop_only and geo is None else None
     preview = Preview(output, fps, n, options.overwrite, driver_video) if options.preview else None
-    has_audio = bool(audio_from) and options.encode.audio
+    has_audio = bool(audio_from) and options.encode.audio and fmt.audio_codec is not None
+    alphas: dict[int, np.ndarray] = {}  # a still's mask, made once
+
+    def alpha_for(sf: SourceFrame) -> np.ndarray:
+        if not still:
+            return mask_alpha(sf, model.resolution, options)[:height, :width]
+        if 0 not in alphas:
+            alphas[0] = mask_alpha(sf, model.resolution, options)[:height, :width]
+        return alphas[0]
     ok = False
     try:
         with atomic_output(output, options.overwrite) as tmp:
             with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None,
-                              duration=n / fps) as enc:
+                              duration=float(n / fps), audio_start=float(times[0]) if n else 0.0) as enc:
                 clip_frames = None if still else source.frames_at(times)
                 for b0 in range(0, n, options.batch_size):
                     b1 = min(n, b0 + options.batch_size)
@@ -350,27 +455,20 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                         sources = [sf for _, sf in itertools.islice(clip_frames, b1 - b0)]
                         stages["source"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        cache = encode_sources(model, sources)
-                    with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                        parts = model.render_parts(cache, batch_attrs)
-                    parts = {k: v.float().cpu() for k, v in parts.items()}
-                    stages["generator"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    crops = parts["image"]
-                    if options.crop_only:
-                        frames = to_uint8(crops)
-                    elif still:
-                        frames = paste_render(paster, first.rgb, parts, first.crop, options.detail)
+                        if geo is None:
+                            cache = encode_sources(model, sources)
+                    if geo is not None:
+                        frames, faces = _geometry_batch(geo, sources, attrs[b0:b1],
+                                                        None if placement is None else placement[b0:b1],
+                                                        model.resolution, options.crop_only, preview is not None)
+                        stages["geometry"] += time.perf_counter() - t0
                     else:
-                        frames = np.stack([
-                            paste_render(paster_for(sf), sf.rgb, {k: v[i:i + 1] for k, v in parts.items()},
-                                         sf.crop, options.detail)[0]
-                            for i, sf in enumerate(sources)])
-                    stages["paste"] += time.perf_counter() - t0
-                    faces = to_uint8(crops) if preview is not None else None
+                        frames, faces = _network_batch(model, cache, batch_attrs, sources, paster, paster_for,
+                                                       options, preview is not None, half, stages, t0)
                     t0 = time.perf_counter()
                     for k, frame in enumerate(frames):
-                        enc.write(np.ascontiguousarray(frame[:height, :width]))
+                        enc.write(np.ascontiguousarray(frame[:height, :width]),
+                                  alpha_for(sources[k]) if enc.alpha else None)
                         if preview is not None:
                             preview.add(b0 + k, float(times[b0 + k]), sources[k].rgb, frame, faces[k])
                     stages["encode"] += time.perf_counter() - t0
