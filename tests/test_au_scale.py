@@ -353,3 +353,20 @@ def test_a_v2_run_records_its_scale_and_refuses_a_v1_resume(tmp_path):
     raw["data"]["au_scale"] = "v3"
     with pytest.raises(ConfigError, match="au_scale"):
         config_from_dict(raw, "test")
+
+
+def test_v1_motion_model_moves_the_same_from_calibrated_input():
+    """The shipped motion model (fitted on v1) fed calibrated AUs gives the displacements of
+    the raw values, as before the calibration."""
+    from icface_video.model import WEIGHTS_DIR
+    from icface_video.motion import MotionModel, hinge_features
+
+    motion = MotionModel.load(WEIGHTS_DIR)
+    assert motion.au_scale == "v1"
+    rng = np.random.default_rng(3)
+    src_v1, tgt_v1 = rng.uniform(0, 4, NUM_AUS).astype(np.float32), rng.uniform(0, 5, (6, NUM_AUS)).astype(np.float32)
+    before = np.einsum("bf,fnk->bnk", hinge_features(tgt_v1, motion.knots) - hinge_features(src_v1, motion.knots),
+                       motion.weights)
+    got = motion.expression_offsets(from_scale(src_v1, "v1"), from_scale(tgt_v1, "v1"))
+    np.testing.assert_allclose(got, before, atol=1e-4)
+    assert not np.allclose(motion.expression_offsets(src_v1, tgt_v1), before, atol=1e-3)  # the conversion matters
