@@ -11,13 +11,24 @@ Layout of one attribute vector (``ATTR_NAMES``)::
                  tilts clockwise in the image.
 
 AUs come from MediaPipe's 52 ARKit blendshapes (0..1) through ``AU_FROM_BLENDSHAPES``:
-each AU is ``clip(gain * mean(blendshapes), 0, 5)``; AU25 (lips apart) uses
+each raw AU is ``clip(gain * mean(blendshapes), 0, 5)``; AU25 (lips apart) uses
 ``jawOpen - mouthClose`` as its blendshape value. The table is also in the README.
+
+AU scales: the raw values above are the **v1** scale (what every model and eyelid warp
+before the calibration was trained or fitted on). The tool's own scale, **v2**
+(``AU_SCALE``), is v1 passed through a per-AU monotone piecewise-linear map fitted to
+OpenFace 2.x's intensities (``au_calibration.json``, written by ``python -m
+train.fit_au_scale``): :func:`attributes_from_face` returns v2, CSVs and controls are v2,
+and :func:`to_scale` / :func:`from_scale` convert at a model's input boundary.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -88,8 +99,8 @@ def _mapping_matrix() -> np.ndarray:
 _AU_MATRIX = _mapping_matrix()
 
 
-def blendshapes_to_aus(blendshapes: np.ndarray) -> np.ndarray:
-    """Map MediaPipe blendshape scores to the 17 AU intensities.
+def blendshapes_to_aus(blendshapes: np.ndarray, scale: str = "v2") -> np.ndarray:
+    """Map MediaPipe blendshape scores to the 17 AU intensities on ``scale``.
 
     AU06 (cheek raiser): MediaPipe's cheekSquint practically never fires (max 1e-5 on a
     MEAD "happy" clip), so AU06 also takes ``sqrt(eyeSquint * mouthSmile)`` (both
@@ -98,8 +109,11 @@ def blendshapes_to_aus(blendshapes: np.ndarray) -> np.ndarray:
 
     Convention:
         blendshapes: (..., 52) float in 0..1, MediaPipe order (``BLENDSHAPE_NAMES``).
+        scale: ``"v2"`` (default: calibrated to OpenFace, see :func:`to_scale`) or
+            ``"v1"`` (the raw mapping above).
         returns: (..., 17) float32 in 0..5, order ``AU_NAMES``.
     """
+    _check_scale(scale)
     bs = np.asarray(blendshapes, np.float32)
     if bs.shape[-1] != NUM_BLENDSHAPES:
         raise ValueError(f"blendshapes: expected last dimension {NUM_BLENDSHAPES}, got {bs.shape}")
@@ -108,7 +122,131 @@ def blendshapes_to_aus(blendshapes: np.ndarray) -> np.ndarray:
     smile = bs[..., [_BS_INDEX["mouthSmileLeft"], _BS_INDEX["mouthSmileRight"]]].mean(-1)
     au06 = AU_NAMES.index("AU06")
     aus[..., au06] = np.maximum(aus[..., au06], 5.0 * np.sqrt(np.clip(squint * smile, 0.0, 1.0)))
-    return np.clip(aus, 0.0, AU_MAX).astype(np.float32)
+    aus = np.clip(aus, 0.0, AU_MAX).astype(np.float32)
+    return aus if scale == "v1" else from_scale(aus, "v1")
+
+
+# -- AU scales ---------------------------------------------------------------------------
+
+#: The AU scales: "v1" = the raw blendshape mapping (models trained before the
+#: calibration, ``eyelids.json`` files); "v2" = calibrated to OpenFace 2.x.
+AU_SCALES: tuple[str, ...] = ("v1", "v2")
+#: The scale of everything this tool reads and writes (CSVs, presets, ``--set``, keyframes).
+AU_SCALE = "v2"
+CALIBRATION_PATH = Path(__file__).resolve().parent / "au_calibration.json"
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in AU_SCALES:
+        raise ValueError(f"scale: expected one of {AU_SCALES}, got {scale!r}")
+
+
+@dataclass(frozen=True)
+class AuCalibration:
+    """The v1 -> v2 map: per AU a strictly increasing piecewise-linear curve through knots.
+
+    Attributes:
+        v1: 17 knot abscissae on the v1 scale, each (K,) float64 from 0 to 5 strictly
+            increasing (order ``AU_NAMES``).
+        v2: 17 knot ordinates on the v2 scale, each (K,) from 0, strictly increasing, <= 5.
+        meta: the file's provenance and per-AU fit figures (informative only).
+    """
+
+    v1: tuple[np.ndarray, ...]
+    v2: tuple[np.ndarray, ...]
+    meta: dict
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "calibration") -> "AuCalibration":
+        """Build and check from the JSON layout ``{"aus": {"AU01": {"v1": [...], "v2": [...]}, ...}}``.
+
+        Raises:
+            ValueError: a missing AU, or knots that are not a strictly increasing curve
+                from (0, 0) to (5, <= 5) (the map would not be invertible).
+        """
+        try:
+            aus = doc["aus"]
+            xs = [np.asarray(aus[au]["v1"], np.float64) for au in AU_NAMES]
+            ys = [np.asarray(aus[au]["v2"], np.float64) for au in AU_NAMES]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: missing or malformed AU knots ({exc})") from None
+        for au, x, y in zip(AU_NAMES, xs, ys):
+            ok = (x.ndim == 1 and x.shape == y.shape and len(x) >= 2 and np.isfinite(x).all()
+                  and np.isfinite(y).all() and x[0] == 0.0 and y[0] == 0.0 and x[-1] == AU_MAX
+                  and y[-1] <= AU_MAX and (np.diff(x) > 0).all() and (np.diff(y) > 0).all())
+            if not ok:
+                raise ValueError(f"{where}: {au}: knots must rise strictly from (0, 0) to (5, <= 5)")
+        return cls(tuple(xs), tuple(ys), {k: v for k, v in doc.items() if k != "aus"})
+
+    def to_dict(self) -> dict:
+        doc = dict(self.meta)
+        doc["aus"] = {au: {"v1": [round(float(v), 4) for v in x], "v2": [round(float(v), 4) for v in y]}
+                      for au, x, y in zip(AU_NAMES, self.v1, self.v2)}
+        return doc
+
+
+@lru_cache(maxsize=1)
+def au_calibration() -> AuCalibration:
+    """The shipped calibration (``icface_video/au_calibration.json``), read once."""
+    return AuCalibration.from_dict(json.loads(CALIBRATION_PATH.read_text()), str(CALIBRATION_PATH))
+
+
+def _map_aus(attrs, forward: bool, calibration: AuCalibration | None):
+    """Apply the v1 -> v2 map (``forward``) or its inverse to the AU columns of ``attrs``."""
+    cal = calibration or au_calibration()
+    torch_in = not isinstance(attrs, np.ndarray) and hasattr(attrs, "detach")
+    a = attrs.detach().cpu().numpy() if torch_in else np.asarray(attrs)
+    if a.shape[-1] not in (NUM_AUS, NUM_ATTRS):
+        raise ValueError(f"attrs: expected last dimension {NUM_AUS} or {NUM_ATTRS}, got {a.shape}")
+    out = np.array(a, np.float32, copy=True)
+    for j in range(NUM_AUS):
+        x, y = (cal.v1[j], cal.v2[j]) if forward else (cal.v2[j], cal.v1[j])
+        # np.interp holds the end values outside the knots: below 0 -> 0, above the last
+        # knot -> the other scale's maximum (the clipping documented in to_scale).
+        out[..., j] = np.interp(out[..., j], x, y)
+    if torch_in:
+        import torch
+
+        return torch.from_numpy(out).to(device=attrs.device, dtype=attrs.dtype)
+    return out
+
+
+def to_scale(attrs, scale: str, calibration: AuCalibration | None = None):
+    """Convert attributes from the tool's scale (v2) to ``scale`` (for a model's input).
+
+    Each AU goes through the inverse of its v1 -> v2 curve; angles pass unchanged. The
+    curves rise strictly from (0, 0), so the conversion is exact (invertible) on the
+    whole range that v1 reaches, v2 in ``[0, v2(5)]``; a v2 value above ``v2(5)`` (for
+    AU12 about 2: what OpenFace reads on the broadest smile MediaPipe measures) becomes
+    v1's maximum 5, and values below 0 become 0.
+
+    Convention:
+        attrs: (..., 20) or (..., 17), numpy or torch (same type, device, dtype back).
+        scale: ``"v1"`` or ``"v2"`` (v2 returns a copy).
+    """
+    _check_scale(scale)
+    if scale == AU_SCALE:
+        return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
+    return _map_aus(attrs, forward=False, calibration=calibration)
+
+
+def from_scale(attrs, scale: str, calibration: AuCalibration | None = None):
+    """Convert attributes on ``scale`` to the tool's scale (v2): inverse of :func:`to_scale`.
+
+    Convention as :func:`to_scale`; v1 values outside 0..5 are held at the ends.
+    """
+    _check_scale(scale)
+    if scale == AU_SCALE:
+        return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
+    return _map_aus(attrs, forward=True, calibration=calibration)
+
+
+def convert_scale(attrs, source: str, target: str, calibration: AuCalibration | None = None):
+    """Attributes on AU scale ``source`` -> scale ``target`` (through v2); a copy when equal."""
+    _check_scale(source), _check_scale(target)
+    if source == target:
+        return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
+    return to_scale(from_scale(attrs, source, calibration), target, calibration)
 
 
 def rotation_to_euler(rotation: np.ndarray) -> np.ndarray:
@@ -187,7 +325,7 @@ def neutral_attributes() -> np.ndarray:
 
 
 def attributes_from_face(blendshapes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """The 20-value vector of one face: 17 AUs (0..5) then pitch, yaw, roll (radians).
+    """The 20-value vector of one face: 17 AUs (0..5, calibrated scale v2) then pitch, yaw, roll (radians).
 
     Convention:
         blendshapes: (52,) 0..1; matrix: (4, 4) MediaPipe facial transformation matrix.

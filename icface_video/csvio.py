@@ -2,13 +2,17 @@
 
 Columns written (one row per decoded frame)::
 
-    frame, timestamp, confidence, success, pose_Rx, pose_Ry, pose_Rz, AU01_r, ..., AU45_r
-    [bs_<name> x 52]                      with blendshapes
-    [x_0..x_477, y_0..y_477, z_0..z_477]  with landmarks (full-frame pixels)
+    frame, face_id, timestamp, confidence, success, pose_Rx, pose_Ry, pose_Rz, AU01_r, ..., AU45_r
+    [bs_<name> x 52]                                  with blendshapes
+    [mp_x_0..mp_x_477, mp_y_0.., mp_z_0..mp_z_477]    with landmarks (full-frame pixels)
 
-``frame`` is 1-based, ``timestamp`` in seconds, ``pose_R*`` in radians (OpenFace
-convention, see :mod:`icface_video.attributes`), AUs 0..5. OpenFace 2.x files have the
-same names with a space after each comma and 700+ columns; the reader takes both.
+``frame`` is 1-based, ``face_id`` 0 (the one face the file follows), ``timestamp`` in
+seconds, ``pose_R*`` in radians (OpenFace convention, see :mod:`icface_video.attributes`),
+AUs 0..5 on the calibrated scale (v2). The landmark names keep clear of OpenFace's
+68-point ``x_i``/``y_i``/``X_i``. OpenFace 2.x files have the same names with a space
+after each comma and 700+ columns; the reader takes both, and the files written before
+the calibration (header ``frame, timestamp, confidence, success, pose_Rx, ...``: no
+``face_id``), whose AUs are on the old scale v1 and are converted to v2 on reading.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .attributes import AU_NAMES, BLENDSHAPE_NAMES, NUM_ATTRS, NUM_AUS
+from .attributes import AU_NAMES, BLENDSHAPE_NAMES, NUM_ATTRS, NUM_AUS, from_scale
 from .errors import InputError
 from .smoothing import fill_missing
 
 POSE_COLUMNS = ("pose_Rx", "pose_Ry", "pose_Rz")
 AU_COLUMNS = tuple(f"{au}_r" for au in AU_NAMES)
-BASE_COLUMNS = ("frame", "timestamp", "confidence", "success") + POSE_COLUMNS + AU_COLUMNS
+BASE_COLUMNS = ("frame", "face_id", "timestamp", "confidence", "success") + POSE_COLUMNS + AU_COLUMNS
+#: The header start of files written before the calibration (AUs on scale v1).
+V1_COLUMNS = ("frame", "timestamp", "confidence", "success") + POSE_COLUMNS + AU_COLUMNS
+#: Face id columns: OpenFace 2.x's ``face_id``; ``face`` in some multi-face tools' output.
+FACE_COLUMNS = ("face_id", "face")
+LANDMARK_PREFIX = "mp_"
 
 
 def _fmt(v: float) -> str:
@@ -54,14 +63,14 @@ def write_attributes_csv(
         header += [f"bs_{name}" for name in BLENDSHAPE_NAMES]
     if landmarks is not None:
         k = landmarks.shape[1]
-        header += [f"{axis}_{i}" for axis in "xyz" for i in range(k)]
+        header += [f"{LANDMARK_PREFIX}{axis}_{i}" for axis in "xyz" for i in range(k)]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for i in range(n):
             a = attrs[i]
-            row = [str(i + 1), f"{times[i]:.4f}", f"{confidence[i]:.3f}", str(int(success[i]))]
-            row += [_fmt(v) for v in a[NUM_AUS:]] + [f"{v:.3f}" for v in a[:NUM_AUS]]
+            row = [str(i + 1), "0", f"{times[i]:.4f}", f"{confidence[i]:.3f}", str(int(success[i]))]
+            row += [_fmt(v) for v in a[NUM_AUS:]] + [f"{v:.4f}" for v in a[:NUM_AUS]]
             if blendshapes is not None:
                 row += [_fmt(v) for v in blendshapes[i]]
             if landmarks is not None:
@@ -75,13 +84,18 @@ class AttributeTable:
 
     Attributes:
         times: (N,) seconds; success: (N,) bool; attrs: (N, 20) with rows that had no
-            face filled from neighbours; path: the file.
+            face filled from neighbours, AUs on the calibrated scale (v2); path: the file.
+        file_au_scale: the scale the file's AUs were on ("v1": written before the
+            calibration, converted; "v2": ours now, or OpenFace's).
+        face_id: the face id the rows came from (None: the file has no face column).
     """
 
     path: str
     times: np.ndarray
     success: np.ndarray
     attrs: np.ndarray
+    file_au_scale: str = "v2"
+    face_id: int | None = None
 
     @property
     def num_frames(self) -> int:
@@ -98,17 +112,32 @@ class AttributeTable:
 ATTR_VALUE_LIMIT = 1e6  # larger AU or angle values (radians) are not measurements
 
 
-def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
+def _face_id(text: str) -> int | None:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return int(v) if v.is_integer() else None
+
+
+def read_attributes_csv(path: str | os.PathLike, face_index: int = 0) -> AttributeTable:
     """Read an attribute CSV written by ``icface-video extract`` or by OpenFace 2.x.
 
     Only the pose and AU intensity columns are required; ``timestamp`` defaults to
-    frame / 25 s and ``success`` to 1. With several faces per frame (OpenFace's
-    ``face_id``), face 0 is used.
+    frame / 25 s and ``success`` to 1. A file with a face column (``face_id``, or
+    ``face``: multi-face output, one row per face and frame) gives the rows of one face:
+    ``face_index`` 0 = the smallest face id present, 1 = the next, ... A file written
+    before the calibration (no ``face_id``, header ``frame, timestamp, ...``) has its
+    AUs converted from scale v1 to v2.
 
     Raises:
         InputError: missing file, not a CSV, missing columns, non-numeric values, no rows,
-            or no row with success = 1.
+            no row with success = 1, a face index beyond the faces in the file, or a
+            frame number repeated within the face read (several faces with no face
+            column to tell them apart).
     """
+    if isinstance(face_index, bool) or not isinstance(face_index, int) or face_index < 0:
+        raise ValueError(f"face_index: expected an integer >= 0, got {face_index!r}")
     from .media import file_problem
 
     p = Path(path)
@@ -128,23 +157,39 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
                 raise InputError(p, f"not an attribute CSV: missing column(s) {', '.join(missing[:4])}"
                                  + (" ..." if len(missing) > 4 else ""))
             want = [col[c] for c in AU_COLUMNS + POSE_COLUMNS]
-            rows_t, rows_ok, rows_a, lines = [], [], [], []
+            face_col = next((col[c] for c in FACE_COLUMNS if c in col), None)
+            file_scale = "v1" if face_col is None and tuple(header[:len(V1_COLUMNS)]) == V1_COLUMNS else "v2"
+            by_face: dict[int, tuple[list, list, list, list, list]] = {}
             for line_no, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
                     continue
-                if "face_id" in col and row[col["face_id"]].strip() not in ("0", "0.0"):
-                    continue
                 try:
+                    fid = 0 if face_col is None else _face_id(row[face_col])
+                    if fid is None:
+                        raise ValueError
+                    rows_f, rows_t, rows_ok, rows_a, lines = by_face.setdefault(fid, ([], [], [], [], []))
                     rows_a.append([float(row[i]) for i in want])
                     rows_t.append(float(row[col["timestamp"]]) if "timestamp" in col else (len(rows_t)) / 25.0)
                     rows_ok.append(float(row[col["success"]]) > 0.5 if "success" in col else True)
+                    rows_f.append(row[col["frame"]].strip() if "frame" in col else str(line_no))
                     lines.append(line_no)
                 except (ValueError, IndexError):
                     raise InputError(p, f"line {line_no}: missing or non-numeric value") from None
     except UnicodeDecodeError:
         raise InputError(p, "not a text CSV file") from None
-    if not rows_a:
+    if not by_face:
         raise InputError(p, "no data rows")
+    ids = sorted(by_face)
+    if face_index >= len(ids):
+        raise InputError(p, f"face index {face_index} asked for, but the file has {len(ids)} face(s) "
+                            f"(face ids {', '.join(map(str, ids[:8]))}{' ...' if len(ids) > 8 else ''})")
+    rows_f, rows_t, rows_ok, rows_a, lines = by_face[ids[face_index]]
+    if len(set(rows_f)) != len(rows_f):
+        seen: set[str] = set()
+        dup = next(f for f in rows_f if f in seen or seen.add(f))
+        raise InputError(p, f"frame {dup} appears more than once"
+                            + (f" for face {ids[face_index]}" if face_col is not None else
+                               " (several faces per frame? the file has no face_id column to tell them apart)"))
     times = np.array(rows_t, np.float64)
     ok = np.array(rows_ok, bool)
     if not ok.any():
@@ -161,5 +206,8 @@ def read_attributes_csv(path: str | os.PathLike) -> AttributeTable:
         # Non-increasing timestamps (e.g. hand-made files): fall back to even spacing.
         times = np.arange(len(times), dtype=np.float64) / 25.0
     attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0.0, 5.0)
+    if file_scale != "v2":
+        attrs = from_scale(attrs, file_scale)
     assert attrs.shape[1] == NUM_ATTRS
-    return AttributeTable(str(p), times - times[0], ok, fill_missing(attrs, ok, times - times[0]))
+    return AttributeTable(str(p), times - times[0], ok, fill_missing(attrs, ok, times - times[0]), file_scale,
+                          None if face_col is None else ids[face_index])

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 KEYFRAMES = """\
-# Keyframes for the demo: times in seconds; AUs 0-5; angles in degrees or radians.
+# Keyframes for the demo: times in seconds; AUs 0-5 on the OpenFace-calibrated scale
+# (README, "Action Units from blendshapes"); angles in degrees or radians.
 [[key]]
 time = 0.0
 AU12 = 0
@@ -28,8 +29,8 @@ AU26 = 0
 
 [[key]]
 time = 1.0
-AU12 = 4.5
-AU06 = 3.5
+AU12 = 1.79
+AU06 = 0.8
 
 [[key]]
 time = 1.6
@@ -38,12 +39,12 @@ AU45 = 0
 
 [[key]]
 time = 1.8
-AU45 = 5
+AU45 = 2.14
 
 [[key]]
 time = 2.0
 AU45 = 0
-AU12 = 4.5
+AU12 = 1.79
 AU01 = 0
 AU26 = 0
 
@@ -51,8 +52,8 @@ AU26 = 0
 time = 2.8
 AU12 = 0
 AU06 = 0
-AU01 = 4.5
-AU26 = 4
+AU01 = 2.57
+AU26 = 3.87
 yaw = "-10deg"
 
 [[key]]
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preview:  {video.with_name(video.stem + '.preview.mp4')} and {video.with_name(video.stem + '.contact.png')}")
     print(f"measured: {table}")
     print("measured on the output (keyframe target in brackets):")
-    print(f"  AU12 smile  t=0.0 s {at(0.0, 8):.2f} [0]   t=1.3 s {at(1.3, 8):.2f} [4.5]")
+    print(f"  AU12 smile  t=0.0 s {at(0.0, 8):.2f} [0]   t=1.3 s {at(1.3, 8):.2f} [1.79]")
     print(f"  yaw         t=0.0 s {np.degrees(at(0.0, 18)):+.1f} deg   t=1.6 s {np.degrees(at(1.6, 18)):+.1f} deg [+15 from the photo's]")
-    print(f"  AU45 blink  t=1.8 s {at(1.8, 16):.2f} [5]")
-    print(f"  AU26 jaw    t=2.8 s {at(2.8, 15):.2f} [4]")
+    print(f"  AU45 blink  t=1.8 s {at(1.8, 16):.2f} [2.14]")
+    print(f"  AU26 jaw    t=2.8 s {at(2.8, 15):.2f} [3.87]")
     return 0
 
 

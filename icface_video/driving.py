@@ -101,15 +101,16 @@ def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig()
                progress: Callable[[int, int], None] | None = None) -> AttributeTrack:
     """Attributes of a driving video or an attribute CSV (ours or OpenFace 2.x).
 
-    A ``.csv`` file is read as attributes (and smoothed with ``smoothing`` too);
-    anything else is decoded and analysed.
+    A ``.csv`` file is read as attributes (and smoothed with ``smoothing`` too; its
+    face ``face_index``: 0 = the smallest face id in the file); anything else is decoded
+    and analysed (``face_index``: 0 = the largest face).
 
     Raises:
         InputError: unreadable file, bad CSV, or no face in any frame.
     """
     p = Path(path)
     if p.suffix.lower() == ".csv":
-        table = read_attributes_csv(p)
+        table = read_attributes_csv(p, face_index=face_index)
         attrs = smooth(table.attrs, table.times, smoothing, unit=ATTR_UNITS)
         attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0, 5)
         return AttributeTrack(str(p), table.times, attrs, table.success, exact_rate(table.fps, tolerance=2e-3))

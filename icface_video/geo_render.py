@@ -33,6 +33,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .attributes import AU_NAMES
 from .mesh_topology import EYE_CONTOURS, FACE_OVAL, INNER_LIP_UPPER, INNER_LIPS, IRIS_CENTRES, NUM_LANDMARKS
 from .mesh_warp import mesh_triangles
 from .motion import head_frame
@@ -44,6 +45,7 @@ _HAIR0 = NUM_LANDMARKS
 _FIXED0 = _HAIR0 + _N_OVAL
 _MOUTH_C = _FIXED0 + _N_OVAL
 NUM_VERTICES = _MOUTH_C + 1
+_AU45 = AU_NAMES.index("AU45")
 _OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 
 
@@ -419,10 +421,15 @@ class GeometryStage:
     Args:
         motion: the fitted :class:`~icface_video.motion.MotionModel`.
         config: :class:`GeometryConfig`.
+        eyelids: the fitted eyelid geometry (:class:`~icface_video.eyelids.EyelidConfig`):
+            the lids then follow AU45 along its openness curve (which closes an eye fully,
+            where the motion model's least-squares lid motion is damped); None = the
+            motion model's own AU45 displacements.
     """
 
-    def __init__(self, motion: "MotionModel", config: GeometryConfig = GeometryConfig()) -> None:  # noqa: F821
-        self.motion, self.config = motion, config
+    def __init__(self, motion: "MotionModel", config: GeometryConfig = GeometryConfig(),  # noqa: F821
+                 eyelids: "EyelidConfig | None" = None) -> None:  # noqa: F821
+        self.motion, self.config, self.eyelids = motion, config, eyelids
         self._key: tuple[int, int] | None = None
         self._renderer: GeometryRenderer | None = None
 
@@ -446,6 +453,18 @@ class GeometryStage:
         """
         r = self.renderer(rgb, landmarks)
         pts = np.concatenate([r.source_landmarks, r.hair])
-        moved = self.motion.target_landmarks(pts, source_attrs, np.asarray(target_attrs)[None],
+        target = np.array(target_attrs, np.float64).reshape(1, -1)
+        if self.eyelids is not None:
+            target[0, _AU45] = source_attrs[_AU45]  # the lids move by the eyelid geometry below
+        moved = self.motion.target_landmarks(pts, source_attrs, target,
                                              None if placement is None else np.asarray(placement)[None])[0]
+        if self.eyelids is not None and target_attrs[_AU45] != source_attrs[_AU45]:
+            import torch
+
+            from .eyelids import move_lids
+
+            lm2 = torch.from_numpy(moved[None, :NUM_LANDMARKS, :2].copy())
+            a_s = torch.tensor([float(source_attrs[_AU45])], dtype=lm2.dtype)
+            a_t = torch.tensor([float(target_attrs[_AU45])], dtype=lm2.dtype)
+            moved[:NUM_LANDMARKS, :2] = move_lids(self.eyelids, lm2, a_s, a_t)[0].numpy()
         return r.render(moved[:NUM_LANDMARKS], moved[NUM_LANDMARKS:])

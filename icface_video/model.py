@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from icface_video.attributes import AU_NAMES, NUM_ATTRS
+from icface_video.attributes import AU_NAMES, AU_SCALES, NUM_ATTRS, convert_scale, to_scale
 from icface_video.errors import InputError
 from icface_video.eyelids import EyelidConfig, check_landmarks, eyelid_grid, load_for_model
 from icface_video.motion import MOTION_NAME, MotionModel
@@ -38,6 +38,31 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "generator.safetensors"
 _AU45 = AU_NAMES.index("AU45")
+#: The AU scale of ``eyelids.json`` files (all fitted before the calibration).
+EYELID_AU_SCALE = "v1"
+
+
+def model_au_scale(meta: dict[str, Any]) -> str:
+    """The AU scale a model was trained on, from its config.json / state.json.
+
+    ``meta["au_scale"]`` (exported models), else the training config's
+    ``data.au_scale`` (``train_config`` of an export, ``config`` of a checkpoint), else
+    ``"v1"`` (every model made before the calibration).
+
+    Raises:
+        ValueError: an unknown scale name.
+    """
+    scale = meta.get("au_scale")
+    if scale is None:
+        for key in ("train_config", "config"):
+            data = (meta.get(key) or {}).get("data") if isinstance(meta.get(key), dict) else None
+            if isinstance(data, dict) and "au_scale" in data:
+                scale = data["au_scale"]
+                break
+    scale = "v1" if scale is None else scale
+    if scale not in AU_SCALES:
+        raise ValueError(f"au_scale: expected one of {AU_SCALES}, got {scale!r}")
+    return scale
 
 
 @dataclass
@@ -90,8 +115,10 @@ class ReenactmentModel:
     Convention:
         crops: (B, 3, R, R) float RGB in [-1, 1], R = :attr:`resolution`, aligned like the
             training crops (whole head, eyes around y = 0.45 R).
-        attributes: (B, 20) float: 17 AU intensities 0..5 (``attributes.AU_NAMES``), then
-            pitch, yaw, roll in radians (``attributes.POSE_NAMES``).
+        attributes: (B, 20) float: 17 AU intensities 0..5 (``attributes.AU_NAMES``) on the
+            tool's scale (v2, ``attributes.AU_SCALE``), then pitch, yaw, roll in radians
+            (``attributes.POSE_NAMES``). They are converted to the scale the network was
+            trained on (:attr:`au_scale`, ``attributes.to_scale``) on the way in.
         outputs: (B, 3, R, R) float32 RGB in [-1, 1] on the model's device.
     """
 
@@ -100,6 +127,8 @@ class ReenactmentModel:
         self.generator = generator.eval().requires_grad_(False)
         self.config: GeneratorConfig = generator.config
         self.meta = meta or {}
+        #: the AU scale the network was trained on (inputs are converted to it)
+        self.au_scale: str = model_au_scale(self.meta)
         #: the eyelid warp (fast design only); set to None to render without it.
         self.eyelids = eyelids if generator.config.design == "fast" else None
         #: the motion model of the geometric renderer (``motion.json`` in the folder), or None.
@@ -151,6 +180,7 @@ class ReenactmentModel:
             meta = json.loads(meta_path.read_text())
             gen = meta["generator"] if prefix == "" else meta["config"]["model"]
             config = GeneratorConfig.from_dict(gen)
+            model_au_scale(meta)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InputError(meta_path, f"unusable model config ({exc})") from exc
         if not weights_path.is_file():
@@ -189,7 +219,7 @@ class ReenactmentModel:
             A :class:`SourceCache` for :meth:`render` and :meth:`neutralize`.
         """
         crop = _check_image("crop", crop, self.resolution)
-        source_attrs = _check_attrs("source_attrs", source_attrs, batch=crop.shape[0])
+        source_attrs = self.network_attrs(_check_attrs("source_attrs", source_attrs, batch=crop.shape[0]))
         dev = self.device
         crop = crop.to(dev, torch.float32).contiguous(memory_format=self._layout)
         tensors = self.generator.encode(crop, source_attrs.to(dev))
@@ -199,16 +229,26 @@ class ReenactmentModel:
             tensors["source_landmarks"] = landmarks.to(dev, torch.float32)
         return SourceCache(tensors, self.resolution)
 
+    def network_attrs(self, attrs: torch.Tensor) -> torch.Tensor:
+        """(B, 20) attributes on the tool's scale (v2) -> the network's scale (:attr:`au_scale`).
+
+        Exact for v1 models wherever v1 reaches (``attributes.to_scale``); a v2 AU above
+        the v1 curve's top (e.g. AU12 above about 2) is fed as v1's 5.
+        """
+        return to_scale(attrs, self.au_scale)
+
     def _pre_grid(self, cache: SourceCache, attrs: torch.Tensor) -> torch.Tensor | None:
-        """The eyelid pre-warp for these driving attributes, or None without eyelids/landmarks."""
+        """The eyelid pre-warp for these driving attributes (network scale), or None without eyelids/landmarks."""
         lms = cache.tensors.get("source_landmarks")
         if self.eyelids is None or lms is None:
             return None
         b = attrs.shape[0]
-        src_au45 = cache.tensors["source_attrs"][:, _AU45]
+        # the eyelid curve is on its own scale (identity for v1 models)
+        src_au45 = convert_scale(cache.tensors["source_attrs"], self.au_scale, EYELID_AU_SCALE)[:, _AU45]
+        drv_au45 = convert_scale(attrs.float(), self.au_scale, EYELID_AU_SCALE)[:, _AU45]
         if lms.shape[0] != b:
             lms, src_au45 = lms.expand(b, -1, -1), src_au45.expand(b)
-        return eyelid_grid(self.eyelids, lms, src_au45, attrs[:, _AU45].float(), self.resolution)
+        return eyelid_grid(self.eyelids, lms, src_au45, drv_au45, self.resolution)
 
     def _check_cache(self, cache: Any) -> SourceCache:
         if not isinstance(cache, SourceCache):
@@ -223,7 +263,7 @@ class ReenactmentModel:
 
         Args:
             cache: from :meth:`prepare_source`, of one source face (rendered B times) or of B.
-            attrs: (B, 20) driving attributes (AUs 0..5, pitch/yaw/roll radians).
+            attrs: (B, 20) driving attributes (AUs 0..5 on the tool's scale, pitch/yaw/roll radians).
         Returns:
             (B, 3, R, R) float32 RGB in [-1, 1].
         """
@@ -242,7 +282,7 @@ class ReenactmentModel:
         """
         cache = self._check_cache(cache)
         attrs = _check_attrs("attrs", attrs, batch=None if cache.batch == 1 else cache.batch)
-        attrs = attrs.to(self.device)
+        attrs = self.network_attrs(attrs).to(self.device)
         return self._finish(self.generator.render(cache.tensors, attrs, self._pre_grid(cache, attrs)))
 
     @torch.inference_mode()
@@ -256,7 +296,9 @@ class ReenactmentModel:
         cache = self._check_cache(cache)
         if self.config.design == "paper":
             return {"image": self.generator.neutralize(cache.tensors).clamp(-1, 1).contiguous()}
-        zeros = torch.zeros_like(cache.tensors["source_attrs"])
+        # The neutral attributes (zero AUs, zero angles) on the network's scale: zero on
+        # every scale, since each AU curve starts at (0, 0).
+        zeros = self.network_attrs(torch.zeros_like(cache.tensors["source_attrs"]))
         return self._finish(self.generator.render(cache.tensors, zeros, self._pre_grid(cache, zeros)))
 
     @staticmethod

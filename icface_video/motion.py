@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .attributes import NUM_ATTRS, NUM_AUS, euler_to_rotation
+from .attributes import AU_SCALES, NUM_ATTRS, NUM_AUS, euler_to_rotation, to_scale
 from .errors import InputError
 from .mesh_topology import NUM_LANDMARKS, RIGID
 
@@ -86,7 +86,10 @@ class MotionModel:
         mean_shape: (478, 3) the mean canonical shape of the training faces.
         mirror: (478,) the landmark that mirrors each one across the face's midline
             (an involution; used to fill skin the source hid).
-        meta: fit statistics and provenance (split, clips, frames, errors).
+        meta: fit statistics and provenance (split, clips, frames, errors); ``au_scale``:
+            the AU scale the displacements were fitted on (missing = "v1", fitted before the
+            OpenFace calibration). AUs given to :meth:`expression_offsets` and
+            :meth:`target_landmarks` are on the tool's scale (v2) and converted to it.
     """
 
     knots: tuple[float, ...]
@@ -104,10 +107,20 @@ class MotionModel:
         m = np.asarray(self.mirror)
         if m.shape != (NUM_LANDMARKS,) or m.min() < 0 or m.max() >= NUM_LANDMARKS or not np.array_equal(m[m], np.arange(NUM_LANDMARKS)):
             raise ValueError("mirror: expected an involution of the 478 landmark indices")
+        if self.au_scale not in AU_SCALES:
+            raise ValueError(f"au_scale: expected one of {AU_SCALES}, got {self.au_scale!r}")
+
+    @property
+    def au_scale(self) -> str:
+        """The AU scale of the fitted displacements ("v1" when the file does not say)."""
+        return self.meta.get("au_scale", "v1")
 
     def expression_offsets(self, source_aus: np.ndarray, target_aus: np.ndarray) -> np.ndarray:
-        """(B, 478, 3) canonical displacements from ``source_aus`` (17,) or (B, 17) to ``target_aus`` (B, 17)."""
-        d = hinge_features(target_aus, self.knots) - hinge_features(source_aus, self.knots)
+        """(B, 478, 3) canonical displacements from ``source_aus`` (17,) or (B, 17) to ``target_aus`` (B, 17),
+        both on the tool's AU scale (v2; converted to :attr:`au_scale` here)."""
+        src = to_scale(np.asarray(source_aus, np.float64)[..., :NUM_AUS], self.au_scale)
+        tgt = to_scale(np.asarray(target_aus, np.float64)[..., :NUM_AUS], self.au_scale)
+        d = hinge_features(tgt, self.knots) - hinge_features(src, self.knots)
         return np.einsum("bf,fnk->bnk", np.atleast_2d(d), self.weights)
 
     def target_landmarks(self, source_landmarks: np.ndarray, source_attrs: np.ndarray, target_attrs: np.ndarray,

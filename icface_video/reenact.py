@@ -88,7 +88,7 @@ def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
         folder = getattr(model, "meta", {}).get("folder", "the model folder")
         raise InputError(folder, "no motion model (motion.json) for the geometry renderer; "
                                  "use --renderer network or run python -m train.fit_motion")
-    return GeometryStage(model.motion, options.geometry)
+    return GeometryStage(model.motion, options.geometry, getattr(model, "eyelids", None))
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -146,6 +146,12 @@ def plumbing_model(tmp_path_factory) -> Path:
     generator = Generator(config)
     save_file({k: v.contiguous() for k, v in generator.state_dict().items()}, str(folder / "generator.safetensors"))
     (folder / "config.json").write_text(json.dumps({"generator": config.to_dict()}))
+    # The geometric renderer (the default) needs the motion model: the shipped, fitted one.
+    from icface_video.model import WEIGHTS_DIR
+    from icface_video.motion import MOTION_NAME, MOTION_WEIGHTS
+
+    for name in (MOTION_NAME, MOTION_WEIGHTS):
+        shutil.copy(WEIGHTS_DIR / name, folder / name)
     return folder
 
 

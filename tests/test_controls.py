@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icface_video import presets
-from icface_video.attributes import ATTR_NAMES, NUM_ATTRS
+from icface_video.attributes import ATTR_NAMES, NUM_ATTRS, to_scale
 from icface_video.controls import Op, apply_ops, attr_index, parse_set
 from icface_video.driving import AttributeTrack, compose
 from icface_video.errors import InputError, UsageError
@@ -66,7 +66,8 @@ def test_preset_smile_raises_au12_neutral_lowers_it():
     attrs = np.full((2, NUM_ATTRS), 1.0, np.float32)
     attrs[:, NUM_ATTRS - 3:] = 0.0
     smiled = presets.load("smile").apply(attrs, np.zeros(2))
-    assert (smiled[:, AU12] > attrs[:, AU12] + 1).all()
+    assert (smiled[:, AU12] > attrs[:, AU12]).all()
+    assert to_scale(smiled, "v1")[:, AU12] == pytest.approx(3.2, abs=0.01)  # what the v1 network gets
     relaxed = presets.load("neutral").apply(smiled, np.zeros(2))
     assert np.allclose(relaxed[:, :17], 0.0)
 
@@ -75,7 +76,7 @@ def test_blink_timeline_and_nod_loop():
     times = np.arange(0, 2.4, 0.02)
     attrs = np.zeros((len(times), NUM_ATTRS), np.float32)
     blink = presets.load("blink").apply(attrs, times)
-    assert blink[:, AU45].max() == pytest.approx(5.0, abs=0.05)
+    assert to_scale(blink, "v1")[:, AU45].max() == pytest.approx(5.0, abs=0.05)  # fully shut on the network's scale
     assert blink[times > 0.3, AU45].max() == 0.0  # one blink at the start only
     nod = presets.load("nod").apply(attrs, times)
     peaks = np.sum((nod[1:-1, PITCH] > nod[:-2, PITCH]) & (nod[1:-1, PITCH] >= nod[2:, PITCH]) & (nod[1:-1, PITCH] > 0.1))

@@ -66,7 +66,14 @@ def header_of(path: Path) -> list[str]:
 
 
 def au(table: dict[str, np.ndarray], name: str) -> np.ndarray:
-    return table[f"{name}_r"]
+    """One AU column on the raw scale v1 (the thresholds below were measured on it; the
+    CSV holds the calibrated v2, converted back exactly)."""
+    from icface_video.attributes import AU_NAMES, to_scale
+
+    j = AU_NAMES.index(name)
+    full = np.zeros((len(table[f"{name}_r"]), len(AU_NAMES)), np.float32)
+    full[:, j] = table[f"{name}_r"]
+    return to_scale(full, "v1")[:, j].astype(np.float64)
 
 
 def deg(table: dict[str, np.ndarray], column: str) -> np.ndarray:
@@ -210,9 +217,9 @@ def test_pose_sign_conventions_match_landmarks(extracted):
     t = read_table(extracted(HEAD_TURN, "--landmarks", "--smooth", "none")[0])
     # MediaPipe mesh: 1 nose tip, 234/454 face-contour sides, 33/263 outer eye corners,
     # 10 forehead top, 152 chin.
-    nose_x = (t["x_1"] - (t["x_234"] + t["x_454"]) / 2) / (t["x_454"] - t["x_234"])
-    eye_tilt = np.degrees(np.arctan2(t["y_263"] - t["y_33"], t["x_263"] - t["x_33"]))
-    nose_y = (t["y_1"] - (t["y_10"] + t["y_152"]) / 2) / (t["y_152"] - t["y_10"])
+    nose_x = (t["mp_x_1"] - (t["mp_x_234"] + t["mp_x_454"]) / 2) / (t["mp_x_454"] - t["mp_x_234"])
+    eye_tilt = np.degrees(np.arctan2(t["mp_y_263"] - t["mp_y_33"], t["mp_x_263"] - t["mp_x_33"]))
+    nose_y = (t["mp_y_1"] - (t["mp_y_10"] + t["mp_y_152"]) / 2) / (t["mp_y_152"] - t["mp_y_10"])
     yaw, pitch, roll = deg(t, "pose_Ry"), deg(t, "pose_Rx"), deg(t, "pose_Rz")
     assert np.corrcoef(yaw, nose_x)[0, 1] < -0.9  # measured -0.997
     assert np.corrcoef(roll, eye_tilt)[0, 1] > 0.6  # measured 0.80
@@ -269,13 +276,13 @@ def test_landmark_and_blendshape_columns(faces_root, run_cli, workdir):
     header = header_of(out)
     assert header[: len(BASE_COLUMNS)] == list(BASE_COLUMNS)
     bs_cols = [f"bs_{name}" for name in BLENDSHAPE_NAMES]
-    lm_cols = [f"{axis}_{i}" for axis in "xyz" for i in range(478)]
+    lm_cols = [f"mp_{axis}_{i}" for axis in "xyz" for i in range(478)]
     assert header[len(BASE_COLUMNS):] == bs_cols + lm_cols
     t = read_table(out)
     assert len(t["frame"]) == 5
     bs = np.stack([t[c] for c in bs_cols], 1)
     assert np.isfinite(bs).all() and bs.min() >= 0 and bs.max() <= 1
-    xs, ys = np.stack([t[f"x_{i}"] for i in range(478)], 1), np.stack([t[f"y_{i}"] for i in range(478)], 1)
+    xs, ys = np.stack([t[f"mp_x_{i}"] for i in range(478)], 1), np.stack([t[f"mp_y_{i}"] for i in range(478)], 1)
     assert 0 < xs.min() and xs.max() < 360 and 0 < ys.min() and ys.max() < 288  # GRID is 360x288
     # The plain columns are the same as without the extra flags.
     plain = workdir / "plain.csv"
@@ -420,8 +427,8 @@ def test_face_index_picks_different_faces(extracted):
     assert t0["success"].all() and t1["success"].all()
 
     def boxes(t):
-        xs = np.stack([t[f"x_{i}"] for i in range(478)], 1)
-        ys = np.stack([t[f"y_{i}"] for i in range(478)], 1)
+        xs = np.stack([t[f"mp_x_{i}"] for i in range(478)], 1)
+        ys = np.stack([t[f"mp_y_{i}"] for i in range(478)], 1)
         return xs.mean(1), (xs.max(1) - xs.min(1)) * (ys.max(1) - ys.min(1))
 
     cx0, area0 = boxes(t0)

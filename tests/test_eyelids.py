@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from icface_video.attributes import AU_NAMES
+from icface_video.attributes import AU_NAMES, to_scale
 from icface_video.errors import InputError
 from icface_video.eyelids import (EYELIDS_NAME, EYES, EyelidConfig, eye_frames, eye_opening, eyelid_grid,
                                   move_lids)
@@ -56,7 +56,7 @@ def test_same_au45_is_the_identity_warp(shipped: EyelidConfig, open_face) -> Non
 
 def test_closing_shuts_the_lids_only_around_the_eyes(shipped: EyelidConfig, open_face) -> None:
     still, lms = open_face
-    src_au = torch.tensor([float(still.attrs[AU45])])
+    src_au = torch.tensor([float(to_scale(still.attrs, "v1")[AU45])])  # the lids' scale (v1)
     shut = move_lids(shipped, lms, src_au, torch.tensor([4.5]))
     wide = move_lids(shipped, lms, src_au, torch.tensor([0.0]))
     for eye in EYES:
@@ -85,23 +85,24 @@ def test_shipped_model_closes_eyes_with_the_warp(open_face) -> None:
     with the eyelid warp, and the model alone (no landmarks given) does not close them."""
     import cv2
 
-    from icface_video.attributes import attributes_from_face
+    from icface_video.attributes import attributes_from_face, from_scale
     from icface_video.face import FaceAnalyzer
     from icface_video.reenact import encode_sources, to_uint8
 
     still, _ = open_face
     model = ReenactmentModel.load()
     assert model.eyelids is not None
-    drive = torch.from_numpy(still.attrs.copy())[None]
+    drive = torch.from_numpy(to_scale(still.attrs, "v1"))[None]  # on the raw scale v1 of the thresholds
     drive[0, AU45] = 4.5
+    drive = from_scale(drive, "v1")
     with_lids = model.render_parts(encode_sources(model, [still]), drive)
     without = model.render_parts(model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None]), drive)
     with FaceAnalyzer(mode="image") as fa:
         def read(img: torch.Tensor) -> float:
             face = fa.analyze(cv2.resize(to_uint8(img)[0], (256, 256), interpolation=cv2.INTER_CUBIC))
-            return float(attributes_from_face(face.blendshapes, face.matrix)[AU45])
+            return float(to_scale(attributes_from_face(face.blendshapes, face.matrix), "v1")[AU45])
 
-        base = float(still.attrs[AU45])
+        base = float(to_scale(still.attrs, "v1")[AU45])
         assert read(with_lids["image"]) > base + 1.5, (base, read(with_lids["image"]))
         assert read(without["image"]) < base + 1.0
     # The warp is part of the returned grid (used by the full-resolution paste-back) and

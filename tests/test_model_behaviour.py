@@ -2,7 +2,8 @@
 
 Uses the shipped default model (``icface_video/weights``); set ``ICFACE_TEST_MODEL`` to a
 model or checkpoint folder to test another. Sources are people of the ``test`` split
-(never seen in training); drivers may be any clip.
+(never seen in training); drivers may be any clip. Re-extracted AUs are compared on the
+raw scale v1 (``to_scale(..., "v1")``), the one the thresholds were measured on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from icface_video.attributes import AU_NAMES, NUM_AUS
+from icface_video.attributes import AU_NAMES, NUM_AUS, to_scale
 from icface_video.track import analyze_media
 
 AU = {name: i for i, name in enumerate(AU_NAMES)}
@@ -73,12 +74,12 @@ def test_shipped_model_renders_and_control_works(model, neutral_photo, tmp_path)
     for k, img in enumerate(to_uint8(out)):
         p = tmp_path / f"{k}.png"
         cv2.imwrite(str(p), cv2.cvtColor(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC), cv2.COLOR_RGB2BGR))
-        measured.append(analyze_media(p).raw_attrs[0, AU["AU12"]])
+        measured.append(to_scale(analyze_media(p).raw_attrs, "v1")[0, AU["AU12"]])
     assert measured[1] > measured[0] + 0.5, measured
 
 
 def _au(path: Path) -> np.ndarray:
-    return analyze_media(path).raw_attrs[0]
+    return to_scale(analyze_media(path).raw_attrs[0], "v1")
 
 
 def test_smile_preset_raises_au12_neutral_lowers_it(run_cli, model_dir, neutral_photo, faces_root, tmp_path):
@@ -97,7 +98,7 @@ def test_smile_preset_raises_au12_neutral_lowers_it(run_cli, model_dir, neutral_
 
 
 def _track(path: Path) -> np.ndarray:
-    return analyze_media(path).attributes()
+    return to_scale(analyze_media(path).attributes(), "v1")
 
 
 def test_mode_pose_follows_yaw_and_keeps_expression(run_cli, model_dir, neutral_photo, faces_root, tmp_path):

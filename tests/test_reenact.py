@@ -164,16 +164,16 @@ def test_existing_output_untouched_and_interrupt_leaves_nothing(run_cli, plumbin
     # An interrupted render (Ctrl-C mid-way) leaves no file under the final name and no temp file.
     import icface_video.reenact as R
 
-    real = R.PasteBack.paste_parts
+    real = R.GeometryStage.render
     calls = {"n": 0}
 
     def interrupt(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 6:  # in the second batch of 4 frames
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(R.PasteBack, "paste_parts", interrupt)
+    monkeypatch.setattr(R.GeometryStage, "render", interrupt)
     target = workdir / "new.mp4"
     r = run_cli(["reenact", "-s", media["photo"], "-d", media["grid"], "-o", target, "--model", plumbing_model,
                  "--batch-size", "4"])

@@ -2,8 +2,7 @@
 the one-line-error promise, closed standard streams, job-file encodings, streamed JSON.
 
 Inputs are short real clips and a photo from ``../shared``; the renders use the small
-random ``plumbing_model`` generator, with the shipped motion model for the geometry
-renderer (these tests check files, processes and messages, not faces).
+random ``plumbing_model`` (these tests check files, processes and messages, not faces).
 Process tests run the installed console script in its own session and are bounded by
 timeouts.
 """
@@ -35,20 +34,6 @@ def media(faces_root: Path) -> dict:
         "grid": d / "LipNet_GRID/evaluation/samples/GRID/bbaf2n.mpg",           # 75 frames, 25 fps, audio
         "short": d / "LivePortrait/assets/examples/driving/d1.mp4",             # 16 frames, 30 fps
     }
-
-
-@pytest.fixture(scope="module")
-def model(plumbing_model: Path, tmp_path_factory) -> Path:
-    """The random plumbing generator with the shipped motion model beside it (the default
-    geometry renderer needs ``motion.json``; ``batch`` has no ``--renderer``)."""
-    import shutil
-
-    from icface_video.model import WEIGHTS_DIR
-
-    folder = tmp_path_factory.mktemp("plumbing-geometry-model")
-    for f in [*plumbing_model.iterdir(), *WEIGHTS_DIR.glob("motion.*")]:
-        shutil.copy(f, folder / f.name)
-    return folder
 
 
 def one_error_line(r, code: int, *needles: str) -> str:
@@ -93,7 +78,7 @@ def wait_until(condition, timeout: float, step: float = 0.1) -> bool:
 # -- item 14.2: only regular files are replaced ------------------------------------------
 
 
-def test_overwrite_never_replaces_special_files(run_cli, model, media, workdir):
+def test_overwrite_never_replaces_special_files(run_cli, plumbing_model, media, workdir):
     fifo = workdir / "fifo.csv"
     os.mkfifo(fifo)
     fifo_mp4 = workdir / "fifo.mp4"
@@ -106,7 +91,7 @@ def test_overwrite_never_replaces_special_files(run_cli, model, media, workdir):
     r = run_cli(["extract", media["photo"], "-o", fifo, "--overwrite"])
     one_error_line(r, 1, str(fifo), "FIFO", "only a regular file")
     r = run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", fifo_mp4, "--overwrite",
-                 "--model", model, *FAST])
+                 "--model", plumbing_model, *FAST])
     one_error_line(r, 1, "FIFO")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(fifo_mp4).st_mode)
     if cdev is not None:
@@ -153,10 +138,10 @@ def _kill_session(sid: int) -> None:
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_batch_main_process_ending_ends_workers_and_encoders(model, media, workdir, how):
+def test_batch_main_process_ending_ends_workers_and_encoders(plumbing_model, media, workdir, how):
     jobs = _long_jobs(workdir, media)
     outdir = workdir / "out"
-    proc = _start_batch(jobs, outdir, model)
+    proc = _start_batch(jobs, outdir, plumbing_model)
     try:
         _wait_rendering(proc, outdir)
         os.kill(proc.pid, getattr(signal, how))  # the main process only, not its group
@@ -181,10 +166,10 @@ def test_batch_main_process_ending_ends_workers_and_encoders(model, media, workd
         _kill_session(proc.pid)
 
 
-def test_sigterm_to_reenact_unwinds_like_ctrl_c(model, media, workdir):
+def test_sigterm_to_reenact_unwinds_like_ctrl_c(plumbing_model, media, workdir):
     out = workdir / "out.mp4"
     cmd = [SCRIPT, "reenact", "-s", str(media["photo"]), "-d", str(media["grid"]), "-o", str(out),
-           "--model", str(model), "--x264-preset", "ultrafast", "--batch-size", "2"]
+           "--model", str(plumbing_model), "--x264-preset", "ultrafast", "--batch-size", "2"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
@@ -252,16 +237,16 @@ def test_non_finite_option_values_are_usage_errors(run_cli, media, workdir, args
     assert not list(workdir.iterdir())
 
 
-def test_edit_to_a_video_name_is_one_clear_error(run_cli, model, media, workdir):
-    r = run_cli(["edit", "-s", media["photo"], "--preset", "smile", "-o", workdir / "x.mp4", "--model", model])
+def test_edit_to_a_video_name_is_one_clear_error(run_cli, plumbing_model, media, workdir):
+    r = run_cli(["edit", "-s", media["photo"], "--preset", "smile", "-o", workdir / "x.mp4", "--model", plumbing_model])
     one_error_line(r, 2, "x.mp4", "writes an image")
-    r = run_cli(["neutralize", "-s", media["photo"], "-o", workdir / "x.mp4", "--model", model])
+    r = run_cli(["neutralize", "-s", media["photo"], "-o", workdir / "x.mp4", "--model", plumbing_model])
     one_error_line(r, 2, "x.mp4")
     assert not list(workdir.iterdir())
 
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "-inf", "nan"])
-def test_csv_driver_with_absurd_values_is_one_line(run_cli, model, media, workdir, value):
+def test_csv_driver_with_absurd_values_is_one_line(run_cli, plumbing_model, media, workdir, value):
     csv_path = workdir / "driver.csv"
     r = run_cli(["extract", media["short"], "-o", csv_path])
     assert r.exit_code == 0, r.stderr
@@ -272,7 +257,7 @@ def test_csv_driver_with_absurd_values_is_one_line(run_cli, model, media, workdi
     lines[3] = ",".join(cells)
     csv_path.write_text("\n".join(lines) + "\n")
     r = subprocess.run([SCRIPT, "reenact", "-s", str(media["photo"]), "-d", str(csv_path), "-o",
-                        str(workdir / "out.mp4"), "--model", str(model), *FAST],
+                        str(workdir / "out.mp4"), "--model", str(plumbing_model), *FAST],
                        capture_output=True, text=True, timeout=120)
     one_error_line(r, 3, "driver.csv: line 4", "non-finite or out-of-range")
     assert not (workdir / "out.mp4").exists()
@@ -281,7 +266,7 @@ def test_csv_driver_with_absurd_values_is_one_line(run_cli, model, media, workdi
 # -- item 14.7: a closed stream does not stop the work ------------------------------------------
 
 
-def test_closed_stderr_and_stdout_do_not_stop_the_work(model, media, workdir):
+def test_closed_stderr_and_stdout_do_not_stop_the_work(plumbing_model, media, workdir):
     def run(redirect: str, *args) -> int:
         cmd = ["bash", "-c", f'exec "$@" {redirect}', "_", SCRIPT, *map(str, args)]
         return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=180).returncode
@@ -289,7 +274,7 @@ def test_closed_stderr_and_stdout_do_not_stop_the_work(model, media, workdir):
     assert run("2>&-", "extract", media["short"], "-o", workdir / "a.csv") == 0
     assert len((workdir / "a.csv").read_text().splitlines()) == 17
     assert run("2>&- >&-", "reenact", "-s", media["photo"], "-d", media["short"], "-o", workdir / "a.mp4",
-               "--model", model, "--json", *FAST) == 0
+               "--model", plumbing_model, "--json", *FAST) == 0
     assert video_facts(workdir / "a.mp4")["frames"] == 16
     # Errors still give their exit code.
     assert run("2>&-", "extract", workdir / "missing.mp4", "-o", workdir / "b.csv") == 3
@@ -311,10 +296,10 @@ def test_job_csv_with_utf8_bom_is_read(run_cli, media, workdir):
 # -- item 14.11: --json is streamed -------------------------------------------------------------
 
 
-def test_batch_json_lines_are_streamed_into_a_pipe(model, media, workdir):
+def test_batch_json_lines_are_streamed_into_a_pipe(plumbing_model, media, workdir):
     jobs = _long_jobs(workdir, media, n=4)
     outdir = workdir / "out"
-    cmd = [SCRIPT, "batch", str(jobs), "-o", str(outdir), "--model", str(model), "--json", "--jobs", "1"]
+    cmd = [SCRIPT, "batch", str(jobs), "-o", str(outdir), "--model", str(plumbing_model), "--json", "--jobs", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
@@ -358,16 +343,16 @@ def test_wrong_reasons_are_right(run_cli, media, workdir):
     assert not (workdir / "out").exists()
 
 
-def test_output_that_is_an_input_is_refused(run_cli, model, media, workdir):
+def test_output_that_is_an_input_is_refused(run_cli, plumbing_model, media, workdir):
     photo = workdir / "photo.png"
     photo.write_bytes(Path(media["photo"]).read_bytes())
     before = photo.read_bytes()
     driver = workdir / "drv.mp4"
     driver.write_bytes(Path(media["short"]).read_bytes())
     r = run_cli(["reenact", "-s", photo, "-d", driver, "-o", workdir / "." / "drv.mp4", "--overwrite",
-                 "--model", model, *FAST])
+                 "--model", plumbing_model, *FAST])
     one_error_line(r, 1, "is also an input")
-    r = run_cli(["edit", "-s", photo, "--preset", "smile", "-o", photo, "--overwrite", "--model", model])
+    r = run_cli(["edit", "-s", photo, "--preset", "smile", "-o", photo, "--overwrite", "--model", plumbing_model])
     one_error_line(r, 1, "is also an input")
     assert photo.read_bytes() == before and driver.read_bytes() == Path(media["short"]).read_bytes()
 
@@ -411,13 +396,13 @@ def test_device_is_a_choice(run_cli, media, workdir, command):
     assert not list(workdir.glob("x.*"))
 
 
-def test_resume_json_prints_skipped_jobs(run_cli, model, media, workdir):
+def test_resume_json_prints_skipped_jobs(run_cli, plumbing_model, media, workdir):
     jobs = workdir / "jobs.csv"
     jobs.write_text("source,driving,output\n" + "".join(f"{media['photo']},{media['short']},j{i}.mp4\n" for i in range(2)))
     outdir = workdir / "out"
-    r = run_cli(["batch", jobs, "-o", outdir, "--model", model, "--json"])
+    r = run_cli(["batch", jobs, "-o", outdir, "--model", plumbing_model, "--json"])
     assert r.exit_code == 0, r.stderr
-    r = run_cli(["batch", jobs, "-o", outdir, "--model", model, "--json", "--resume"])
+    r = run_cli(["batch", jobs, "-o", outdir, "--model", plumbing_model, "--json", "--resume"])
     assert r.exit_code == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [(e["row"], Path(e["output"]).name, e["status"]) for e in lines] == [(2, "j0.mp4", "skipped"),

@@ -235,8 +235,10 @@ def test_init_from_starts_a_fine_flow_run_where_the_other_stopped(synthetic: Pat
     gen = torch.Generator().manual_seed(0)
     src = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
     a, b = torch.rand(2, 20, generator=gen) * 3, torch.rand(2, 20, generator=gen) * 3
-    with torch.no_grad():
-        want = ref.render(ref.prepare_source(src, a), b)
+    from icface_video.attributes import from_scale
+
+    with torch.no_grad():  # the model takes the tool's scale and feeds its own (v1) to the network
+        want = ref.render(ref.prepare_source(src, from_scale(a, ref.au_scale)), from_scale(b, ref.au_scale))
         got = trainer.EMA(src, a, b)["image"]
     assert torch.allclose(want, got, atol=1e-5)
 
@@ -430,7 +432,7 @@ def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: P
     closed-eyed (MediaPipe's AU45 rises by more than 1 on the 0..5 scale)."""
     import cv2
 
-    from icface_video.attributes import attributes_from_face
+    from icface_video.attributes import attributes_from_face, to_scale
     from icface_video.face import FaceAnalyzer
     from icface_video.networks import identity_grid, warp
     from train.dataset import AU45, PairDataset
@@ -461,7 +463,7 @@ def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: P
     full = torch.where(covered.permute(0, 2, 3, 1) > 0, grid.float(), identity_grid(len(pairs), size, size))
     warped = ((warp(source, full) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     with FaceAnalyzer(mode="image") as fa:
-        read = [attributes_from_face(f.blendshapes, f.matrix)[AU45] for f in
+        read = [to_scale(attributes_from_face(f.blendshapes, f.matrix), "v1")[AU45] for f in  # dataset's scale
                 (fa.analyze(cv2.resize(im, (256, 256), interpolation=cv2.INTER_CUBIC)) for im in warped)]
     before = np.mean([clip.attrs[s, AU45] for _, s, _ in pairs])
     assert np.mean(read) > before + 1.0

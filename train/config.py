@@ -48,6 +48,10 @@ class DataConfig:
         eyelids: an ``eyelids.json`` (``icface_video/eyelids.py``; "" = none): each pair's
             source is pre-warped by it (its lids moved from its AU45 to the target's), as
             the shipped model renders at inference, so the generator learns on top of it.
+        au_scale: the AU scale the generator learns on: ``"v1"`` (the raw blendshape
+            mapping, the shipped model's) or ``"v2"`` (calibrated to OpenFace). It is
+            recorded in the checkpoint and the exported model, whose inputs are then
+            converted to it at inference (``icface_video/model.py``).
         augment: augmentation settings.
     """
 
@@ -57,6 +61,7 @@ class DataConfig:
     hard_pair_prob: float = 0.5
     eye_pair_prob: float = 0.0
     eyelids: str = ""
+    au_scale: typing.Literal["v1", "v2"] = "v1"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,13 @@ The prepared dataset (written by ``train/prepare.py``)::
     <root>/index.json      {"version": 1, "resolution": R, "clips": [...], "identities": [...]}
     <root>/clips/<id>.npz  crops uint8 (N,R,R,3) RGB; attrs float32 (N,20); landmarks
                            float32 (N,478,2) crop pixels (x right, y down, origin at the
-                           top-left pixel corner); success uint8 (N,); timestamps float64 (N,)
+                           top-left pixel corner); success uint8 (N,); timestamps float64 (N,);
+                           au_scale str, the AU scale of attrs (missing: "v1", files
+                           prepared before the calibration)
+
+The dataset hands out attributes on the scale it is asked for (``au_scale``, the
+training config's ``data.au_scale``: the scale of the model being trained), converting
+the stored ones (``icface_video.attributes.convert_scale``, exact on the AUs' range).
 
 A pair is two distinct detected frames (``success == 1``) of one clip: the source and
 the target; the target's attributes drive the generator and the target frame is the
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icface_video.attributes import AU_NAMES, NUM_ATTRS, NUM_AUS
+from icface_video.attributes import AU_NAMES, AU_SCALES, NUM_ATTRS, NUM_AUS, convert_scale
 
 INDEX_VERSION = 1
 NUM_LANDMARKS = 478
@@ -83,18 +89,22 @@ def read_index(root: Path) -> dict:
 
 
 def load_clip(path: Path, resolution: int) -> dict[str, np.ndarray]:
-    """Load one clip file (no pickle) and check its arrays."""
+    """Load one clip file (no pickle) and check its arrays; ``data["au_scale"]`` is the attrs' scale."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in ("crops", "attrs", "landmarks", "success")}
+            scale = str(z["au_scale"]) if "au_scale" in z.files else "v1"
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"{path}: unreadable clip ({exc})") from exc
+    if scale not in AU_SCALES:
+        raise DatasetError(f"{path}: au_scale {scale!r}, expected one of {AU_SCALES}")
     n = data["crops"].shape[0]
     expect = {"crops": (n, resolution, resolution, 3), "attrs": (n, NUM_ATTRS),
               "landmarks": (n, NUM_LANDMARKS, 2), "success": (n,)}
     for key, shape in expect.items():
         if data[key].shape != shape:
             raise DatasetError(f"{path}: {key} has shape {data[key].shape}, expected {shape}")
+    data["au_scale"] = scale
     return data
 
 
@@ -107,10 +117,14 @@ class PairDataset:
         resolution: training resolution; crops are resized (area) when it differs from
             the stored one, landmarks scaled accordingly.
         max_clips: keep only the first N usable clips (tests, quick runs); None = all.
+        au_scale: the AU scale of the attributes handed out (``"v1"`` or ``"v2"``).
     """
 
     def __init__(self, root: str | Path, split: str = "train", resolution: int = 128,
-                 max_clips: int | None = None) -> None:
+                 max_clips: int | None = None, au_scale: str = "v1") -> None:
+        if au_scale not in AU_SCALES:
+            raise ValueError(f"au_scale: expected one of {AU_SCALES}, got {au_scale!r}")
+        self.au_scale = au_scale
         self.root = Path(root)
         index = read_index(self.root)
         self.stored_resolution = int(index["resolution"])
@@ -130,8 +144,8 @@ class PairDataset:
                 t = F.interpolate(t, size=(resolution, resolution), mode="area")
                 crops = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
                 lms = lms * (resolution / self.stored_resolution)
-            self.clips.append(_Clip(entry["id"], int(entry.get("identity_index", -1)), crops,
-                                    data["attrs"].astype(np.float32), lms, valid))
+            attrs = convert_scale(data["attrs"].astype(np.float32), data["au_scale"], au_scale)
+            self.clips.append(_Clip(entry["id"], int(entry.get("identity_index", -1)), crops, attrs, lms, valid))
             if max_clips is not None and len(self.clips) >= max_clips:
                 break
         if not self.clips:

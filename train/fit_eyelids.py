@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from icface_video.attributes import POSE_NAMES, attributes_from_face
+from icface_video.attributes import POSE_NAMES, attributes_from_face, from_scale, to_scale
 from icface_video.eyelids import EYES, EyelidConfig, eye_frames, eye_opening
 from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
@@ -128,11 +128,12 @@ def calibrate_gain(ds: PairDataset, base: EyelidConfig, model: ReenactmentModel,
             for c, s, t in pairs:
                 clip = ds.clips[c]
                 src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-                cache = model.prepare_source(src, torch.from_numpy(clip.attrs[s])[None],
+                cache = model.prepare_source(src, torch.from_numpy(from_scale(clip.attrs[s], "v1"))[None],
                                              torch.from_numpy(clip.landmarks[s])[None])
-                img = to_uint8(model.render(cache, torch.from_numpy(clip.attrs[t])[None]).cpu())[0]
+                img = to_uint8(model.render(cache, torch.from_numpy(from_scale(clip.attrs[t], "v1"))[None]).cpu())[0]
                 face = fa.analyze(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
-                found.append(np.nan if face is None else attributes_from_face(face.blendshapes, face.matrix)[AU45])
+                found.append(np.nan if face is None else  # measured on the dataset's (eyelids') scale v1
+                             to_scale(attributes_from_face(face.blendshapes, face.matrix), "v1")[AU45])
             found = np.array(found)
             rows.append({"gain": g, "au45_mae": round(float(np.nanmean(np.abs(found - targets))), 4),
                          "au45_mean": round(float(np.nanmean(found)), 4), "no_face": int(np.isnan(found).sum())})

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icface_video.attributes import AU_NAMES, NUM_AUS
+from icface_video.attributes import AU_NAMES, AU_SCALE, NUM_AUS
 from icface_video.mesh_topology import EYE_CONTOURS, INNER_LIPS, NUM_LANDMARKS, NUM_MESH
 from icface_video.motion import MotionModel, canonical_shape, head_frame, hinge_features
 from train.face_tracks import ClipTrack, load_tracks
@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [canonical_shape(t.landmarks[t.success], t.attrs[t.success, NUM_AUS:]).mean(0) for t in train
               if t.success.sum() >= 10]
     mean_shape = np.mean(shapes, axis=0)
-    model = MotionModel(knots, weights, mean_shape, mirror_map(mean_shape))
+    # the tracks' AUs (train.face_tracks: blendshapes_to_aus) are on the tool's scale
+    model = MotionModel(knots, weights, mean_shape, mirror_map(mean_shape), {"au_scale": AU_SCALE})
     result = evaluate(model, test)
     meta = {"fitted_on": "train", "clips": len(train), "frames": stats["frames"], "ridge": args.ridge,
+            "au_scale": AU_SCALE,
             "au_names": list(AU_NAMES), "test_landmark_error_px": result,
             "command": "python -m train.fit_motion " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps(result, indent=1))

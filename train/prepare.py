@@ -17,7 +17,9 @@ Output layout (read by ``train.dataset``)::
                             pitch/yaw/roll rad (measured, gaps filled, unsmoothed);
                             landmarks float32 (N,478,2) crop pixels; success uint8 (N,);
                             timestamps float64 (N,) s; blendshapes float32 (N,52) 0-1
-                            (0 where no face), to re-derive AUs if the mapping changes
+                            (0 where no face), to re-derive AUs if the mapping changes;
+                            au_scale str: the AU scale of attrs ("v2", the calibrated
+                            scale of ``attributes_from_face``; files without it: "v1")
 
 Crops use :mod:`icface_video.align` (scale + translation, smoothed over the clip).
 Each clip is written under a temporary name and renamed when complete, so a killed run
@@ -130,6 +132,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
 
     torch.set_num_threads(1)
     from icface_video.align import AlignConfig, crop_matrix, transform_points, warp_crop
+    from icface_video.attributes import AU_SCALE
     from icface_video.track import analyze_frames
 
     align = AlignConfig(size=size)
@@ -155,7 +158,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
     tmp = target.with_name(f".{job.id}.tmp.npz")
     blendshapes = np.nan_to_num(track.blendshapes[keep], nan=0.0)
     np.savez(tmp, crops=crops, attrs=track.raw_attrs[keep], landmarks=lms, success=success,
-             timestamps=track.times[keep], blendshapes=blendshapes)
+             timestamps=track.times[keep], blendshapes=blendshapes, au_scale=np.array(AU_SCALE))
     os.replace(tmp, target)
     return _entry(job, target, out, len(keep), info.fps / step if info.fps else 25.0 / step)
 

@@ -24,6 +24,7 @@ import click
 import numpy as np
 import torch
 
+from icface_video.attributes import from_scale
 from icface_video.model import ReenactmentModel
 from train.dataset import PairDataset
 from train.losses import BROWS, LEFT_EYE, LIPS, RIGHT_EYE, _box_mask
@@ -58,7 +59,9 @@ def quickcheck(model: ReenactmentModel | None, data: PairDataset, per_clip: int 
             frames, grids = [], []
             for j, (ci, s, _) in enumerate(chunk):
                 if ci not in caches:
-                    caches[ci] = model.prepare_source(src[j:j + 1], b["source_attrs"][j:j + 1])
+                    # prepare_source takes the tool's scale; the batch is on the dataset's
+                    caches[ci] = model.prepare_source(src[j:j + 1], from_scale(b["source_attrs"][j:j + 1],
+                                                                               data.au_scale))
                 full = model.generator.render(caches[ci].tensors, b["target_attrs"][j:j + 1])
                 frames.append(full["image"].clamp(-1, 1))
                 if "grid" in full:
@@ -110,7 +113,7 @@ def main(data: str, model_path: str | None, split: str, per_clip: int, threads: 
     torch.set_num_threads(threads)
     model = ReenactmentModel.load(model_path) if model_path else None
     res = model.resolution if model else 128
-    ds = PairDataset(data, split, res)
+    ds = PairDataset(data, split, res, au_scale=model.au_scale if model else "v1")  # the network's scale
     click.echo(json.dumps(quickcheck(model, ds, per_clip), indent=1))
     if sheet and model is not None:
         write_sheet(model, ds, sheet)
@@ -133,7 +136,7 @@ def write_sheet(model: ReenactmentModel, data: PairDataset, path: str, rows: int
             break
     lines = []
     for i in order:
-        cache = model.prepare_source(b["source"][i:i + 1], b["source_attrs"][i:i + 1])
+        cache = model.prepare_source(b["source"][i:i + 1], from_scale(b["source_attrs"][i:i + 1], data.au_scale))
         full = model.generator.render(cache.tensors, b["target_attrs"][i:i + 1])
         cols = [b["source"][i:i + 1], b["target"][i:i + 1], full["image"].clamp(-1, 1)]
         if "mask" in full:
