@@ -16,6 +16,7 @@ from typing import Iterator
 import click
 
 from . import __version__
+from .controls import MAX_SECONDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
 from .smoothing import SMOOTH_METHODS, SmoothConfig
 
@@ -308,7 +309,7 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @click.option("--keyframes", type=click.Path(path_type=str), help="Keyframe file (TOML or CSV): times and values.")
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
 @click.option("--set", "set_exprs", multiple=True, help="Constant overrides, e.g. AU12=3 or yaw=10deg.")
-@click.option("--duration", type=click.FloatRange(min=0.04, max=3600), default=None,
+@click.option("--duration", type=click.FloatRange(min=0.04, max=MAX_SECONDS), default=None,
               help="Seconds (default: the keyframes' or presets' length, else 3).")
 @click.option("--fps", type=click.FloatRange(min=1, max=120), default=25.0, show_default=True)
 @click.option("--ramp", type=click.FloatRange(0, 0.5), default=0.25, show_default=True,

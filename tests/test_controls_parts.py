@@ -96,3 +96,66 @@ def test_mouth_part_driver_opens_the_output_mouth(run_cli, faces_root, tmp_path)
         assert change[top].mean() > 1.5  # the driver's mouth really opens
         moved = result.attrs[top, au].mean() - result.attrs[low, au].mean()
         assert moved >= 0.6 * change[top].mean(), (au, moved, change[top].mean())
+
+
+def test_value_keyed_only_later_starts_from_the_source_and_eases_in(tmp_path):
+    f = tmp_path / "k.toml"
+    f.write_text('[[key]]\ntime = 0\nAU01 = 1\n[[key]]\ntime = 2.0\nAU12 = 4\n[[key]]\ntime = 3.0\nAU12 = 1\n')
+    base = np.zeros(NUM_ATTRS, np.float32)
+    au12 = attr_index("AU12")
+    base[au12] = 0.5  # the source's own smile
+    times = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0])
+    out = load_keyframes(f).evaluate(base, times)[:, au12]
+    assert out[0] == pytest.approx(0.5)             # the source's value at t = 0, not the key's 4
+    assert out[2] == pytest.approx(0.5 + 3.5 / 2)   # smoothstep half-way at 1 s
+    assert np.all(np.diff(out[:5]) > 0) and out[4] == pytest.approx(4.0)
+    assert out[6] == pytest.approx(1.0) and out[7] == pytest.approx(1.0)  # held after the last key
+
+
+@pytest.mark.parametrize("body", ["[[key]]\ntime = 1e9\nAU12 = 1\n", "[[key]]\ntime = 7200\nAU12 = 1\n",
+                                  "[[key]]\ntime = nan\nAU12 = 1\n"])
+def test_keyframe_times_are_capped(tmp_path, body):
+    f = tmp_path / "k.toml"
+    f.write_text(body)
+    with pytest.raises(InputError, match=r"0\.\.3600 s"):
+        load_keyframes(f)
+
+
+def test_preset_timeline_times_are_capped(tmp_path):
+    from icface_video.presets import PresetError, parse
+
+    f = tmp_path / "long.toml"
+    f.write_text('[set]\nAU12 = 3\n[[timeline]]\ntime = 0\nweight = 0\n[[timeline]]\ntime = 7200\nweight = 1\n')
+    with pytest.raises(PresetError, match=r"0\.\.3600 s"):
+        parse(f)
+
+
+def test_far_keyframe_is_one_line_error_before_any_work(run_cli, faces_root, tmp_path):
+    keys = tmp_path / "far.toml"
+    keys.write_text("[[key]]\ntime = 1e9\nAU12 = 4\n")
+    out = tmp_path / "far.mp4"
+    code, _, err = run_cli(["animate", "-s", faces_root / "LIA/data/vox/macron.png", "--keyframes", keys, "-o", out])
+    assert code == 3 and len([x for x in err.splitlines() if x.strip()]) == 1, err
+    assert err.startswith(f"icface-video: error: {keys}: key 1: time") and not out.exists()
+
+
+def test_animate_smile_keyed_later_starts_from_the_source(run_cli, faces_root, tmp_path):
+    """A real photo, a smile (AU12, AU06) named only in a key at 1 s: the first frame keeps the source's
+    own mouth (re-extracted AU12 close to the photo's), the last one smiles."""
+    from icface_video.csvio import read_attributes_csv
+
+    photo = _frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4", 73,
+                       tmp_path / "w009.png")
+    keys = tmp_path / "k.toml"
+    keys.write_text('[[key]]\ntime = 0\nyaw = 0\n[[key]]\ntime = 1.0\nAU12 = 5\nAU06 = 3\n')
+    out, measured, own = tmp_path / "smile.mp4", tmp_path / "smile.csv", tmp_path / "own.csv"
+    code, _, err = run_cli(["animate", "-s", photo, "--keyframes", keys, "--duration", "1.2", "--fps", "10",
+                            "-o", out, "--x264-preset", "ultrafast", "-q"])
+    assert code == 0, err
+    assert run_cli(["extract", out, "-o", measured, "--smooth", "none", "-q"]).exit_code == 0
+    assert run_cli(["extract", photo, "-o", own, "-q"]).exit_code == 0
+    au12 = attr_index("AU12")
+    smile = read_attributes_csv(measured).attrs[:, au12]
+    source = read_attributes_csv(own).attrs[0, au12]
+    assert abs(smile[0] - source) < 0.5, (smile[0], source)
+    assert smile[-1] > source + 1.2, (smile[-1], source)  # the model smiles with AU06 (measured 2.5)
