@@ -179,6 +179,15 @@ def _select(boxes: list[np.ndarray], face_index: int, previous: np.ndarray | Non
     return order[face_index] if face_index < len(order) else None
 
 
+def no_face_problem(face_index: int, max_faces: int, where: str) -> str:
+    """The problem text when no face was followed: "no face found WHERE", or, when
+    ``max_faces`` (the most faces seen in one frame) is 1..``face_index``, how many were found."""
+    if 0 < max_faces <= face_index:
+        return (f"face index {face_index} asked for, but only {max_faces} face{'s' if max_faces > 1 else ''} "
+                f"found {where} (indices 0..{max_faces - 1})")
+    return f"no face found {where}"
+
+
 class FaceAnalyzer:
     """Finds and follows one face through a clip (or in a still).
 
@@ -210,6 +219,7 @@ class FaceAnalyzer:
         self._previous: np.ndarray | None = None
         self._last_ms = -1
         self._started: set[int] = set()  # landmarkers that have run once
+        self.max_faces = 0  # the most faces seen in one frame (landmarker or fallback detector)
 
     # -- set-up -----------------------------------------------------------------
     def _make_landmarker(self, mode: str, num_faces: int):
@@ -282,12 +292,20 @@ class FaceAnalyzer:
         else:
             result = self._first_quiet(self._main.detect, image)
         faces = self._faces_from_result(result, w, h)
+        self.max_faces = max(self.max_faces, len(faces))
         pick = _select([f.bbox for f in faces], self.face_index, self._previous)
         face = faces[pick] if pick is not None else None
         if face is None and self.use_fallback:
             face = self._fallback(rgb)
         self._previous = face.bbox if face is not None else None
         return face
+
+    def no_face_problem(self, where: str) -> str:
+        """Why no face was followed, for an error message: ``where`` is e.g. "in the image".
+
+        When faces were seen but fewer than ``face_index + 1``, it says how many.
+        """
+        return no_face_problem(self.face_index, self.max_faces, where)
 
     def _landmarks_in_box(self, rgb: np.ndarray, box: np.ndarray, confidence: float) -> FaceObservation | None:
         """Run the IMAGE-mode landmarker on a square crop 2x the box around its centre."""
@@ -326,6 +344,7 @@ class FaceAnalyzer:
             if face is not None:
                 return face
         boxes, scores = self._detect(rgb)
+        self.max_faces = max(self.max_faces, len(boxes))
         pick = _select(boxes, self.face_index, self._previous)
         if pick is None:
             return None

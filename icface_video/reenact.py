@@ -133,7 +133,7 @@ def analyze_still(path: str | Path, size: int, face_index: int = 0) -> SourceFra
     with FaceAnalyzer(mode="image", face_index=face_index) as fa:
         face = fa.analyze(frame.rgb)
     if face is None:
-        raise InputError(path, "no face found in the source image")
+        raise InputError(path, fa.no_face_problem("in the source image"))
     return make_source_frame(frame.rgb, face.landmarks, attributes_from_face(face.blendshapes, face.matrix),
                              landmark_params(face.landmarks), size)
 

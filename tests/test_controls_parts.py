@@ -159,3 +159,48 @@ def test_animate_smile_keyed_later_starts_from_the_source(run_cli, faces_root, t
     source = read_attributes_csv(own).attrs[0, au12]
     assert abs(smile[0] - source) < 0.5, (smile[0], source)
     assert smile[-1] > source + 1.2, (smile[-1], source)  # the model smiles with AU06 (measured 2.5)
+
+
+TWO_PEOPLE = "ghost/examples/videos/2person.mp4"
+
+
+def test_second_face_of_a_group_photo_driven_by_a_one_face_clip(run_cli, plumbing_model, faces_root, tmp_path):
+    """--source-face 1 --driver-face 0: the second person is reenacted and the first left alone;
+    --face-index 1 (both sides) says the one-face driver has only 1 face."""
+    import cv2
+
+    from icface_video.face import FaceAnalyzer
+
+    photo = _frame_png(faces_root / TWO_PEOPLE, 0, tmp_path / "group.png")
+    driver = faces_root / DRIVING / "d1.mp4"
+    rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    boxes = []
+    for index in (0, 1):
+        with FaceAnalyzer(mode="image", face_index=index) as fa:
+            boxes.append(fa.analyze(rgb).bbox)
+    out = tmp_path / "second.mp4"
+    fast = ["--model", plumbing_model, "--x264-preset", "ultrafast", "-q"]
+    code, _, err = run_cli(["reenact", "-s", photo, "-d", driver, "--source-face", "1", "--driver-face", "0",
+                            "--set", "AU25=5", "--set", "AU26=4", "--set", "AU45=5", "-o", out,
+                            "--x264-preset", "ultrafast", "-q"])  # the shipped model: an open mouth, closed eyes
+    assert code == 0, err
+    import av
+
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    h, w = frame.shape[:2]
+    diff = np.abs(frame.astype(np.float32) - rgb[:h, :w].astype(np.float32)).mean(axis=2)
+
+    def changed(box):
+        x0, y0, x1, y1 = (int(v) for v in box)
+        return diff[max(y0, 0):y1, max(x0, 0):x1].mean()
+
+    # Away from the pasted face the frame is the source's, up to H.264 noise.
+    assert changed(boxes[1]) > 3 * changed(boxes[0]), (changed(boxes[0]), changed(boxes[1]))
+
+    code, _, err = run_cli(["reenact", "-s", photo, "-d", driver, "--face-index", "1", "-o", tmp_path / "x.mp4", *fast])
+    assert code == 3 and len(err.strip().splitlines()) == 1, err
+    assert f"{driver}: face index 1 asked for, but only 1 face found" in err
+    code, _, err = run_cli(["edit", "-s", photo, "--source-face", "4", "--set", "AU12=3", "-o", tmp_path / "x.png",
+                            "--model", plumbing_model, "-q"])
+    assert code == 3 and "only 2 faces found in the source image (indices 0..1)" in err, err
