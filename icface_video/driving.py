@@ -131,9 +131,10 @@ def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, 
         mode: which regions the main driver drives: ``full`` (all), ``pose``, ``expression``.
         relative: apply each driver's change from its most neutral frame to the source's
             own values (keeps the source's face shape and resting expression); else copy
-            the driver's values. Each driver's neutral frame is chosen over the columns it
-            drives (:meth:`AttributeTrack.reference`): a mouth driver's is its most closed
-            mouth, a pose driver's its most frontal head. As the planned lips part
+            the driver's values. Each driver's neutral frame is chosen per face region
+            (brows, eyes, mouth, pose; :meth:`AttributeTrack.reference`): the mouth's
+            change is taken from its most closed mouth, the pose's from its most frontal
+            head, whatever the rest of the face does in those frames. As the planned lips part
             (``OPENERS`` above the source's own), the source's resting ``CLOSERS`` are
             released in proportion (fully at ``RELEASE_AT``); the driver's own changes
             of them are kept.
@@ -154,7 +155,14 @@ def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, 
     def drive(track: AttributeTrack, cols: np.ndarray) -> None:
         values = track.sample(times)[:, cols]
         if relative:
-            values = base[:, cols] + (values - track.reference(cols)[cols])
+            # Each face region's change is taken from the driver's most neutral frame for
+            # that region (its most closed mouth, its most frontal head, ...).
+            ref = np.empty(len(cols), np.float32)
+            for region in ("brows", "eyes", "mouth", "pose"):
+                inside = np.isin(cols, region_columns(region))
+                if inside.any():
+                    ref[inside] = track.reference(cols[inside])[cols[inside]]
+            values = base[:, cols] + (values - ref)
         out[:, cols] = values
         driven[cols] = True
 
