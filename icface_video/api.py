@@ -32,7 +32,7 @@ from .attributes import NUM_ATTRS, NUM_AUS
 from .errors import InputError, UsageError
 
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these.
-EXTRA_OPTIONS = ("model", "device", "eyelids", "overwrite", "source_face", "driver_face")
+EXTRA_OPTIONS = ("model", "device", "eyelids", "overwrite")
 
 
 def load_model(model: str | os.PathLike | None = None, device: str = "auto", eyelids: bool = True):
@@ -114,8 +114,6 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
     overwrite = options.pop("overwrite", False)
     if not isinstance(overwrite, bool):
         raise UsageError(f"overwrite: expected True or False, got {overwrite!r}")
-    source_face = _face_option("source_face", options.pop("source_face", None))
-    driver_face = _face_option("driver_face", options.pop("driver_face", None))
     model, device, eyelids = options.pop("model", None), options.pop("device", "auto"), options.pop("eyelids", True)
     out = str(Path(output).expanduser().resolve())
     check_output(out, overwrite)
@@ -135,7 +133,6 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
         raise UsageError(message)
     job = B.to_reenact_job(specs[0])
     job.render = replace(job.render, overwrite=overwrite)
-    job.source_face, job.driver_face = source_face, driver_face
     return run_reenact(job, _model_of(model, device, eyelids), cache=AnalysisCache())
 
 

@@ -65,6 +65,8 @@ def test_one_call_job_with_cli_options(model, faces_root, tmp_path):
         icface_video.reenact(faces_root / PHOTO, faces_root / SHORT, tmp_path / "x.mp4", model=model, colour=1)
     with pytest.raises(UsageError, match="crf"):
         icface_video.reenact(faces_root / PHOTO, faces_root / SHORT, tmp_path / "x.mp4", model=model, crf=99)
+    with pytest.raises(UsageError, match="source_face"):
+        icface_video.reenact(faces_root / PHOTO, faces_root / SHORT, tmp_path / "x.mp4", model=model, source_face=-1)
     with pytest.raises(UsageError, match="smooth_strength"):
         icface_video.reenact(faces_root / PHOTO, faces_root / SHORT, tmp_path / "x.mp4", model=model,
                              smooth_strength=float("nan"))
