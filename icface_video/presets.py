@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import ATTR_NAMES
-from .controls import OP_KINDS, REGIONS, Op, apply_ops, attr_index, check_value, parse_quantity
+from .controls import MAX_SECONDS, OP_KINDS, REGIONS, Op, apply_ops, attr_index, check_value, parse_quantity
 from .errors import InputError
 
 _TOP_KEYS = {"description", "region", "intensity", "loop", "timeline", *OP_KINDS}
@@ -234,8 +234,9 @@ def parse(path: Path) -> Preset:
             t, w = pt["time"], pt["weight"]
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (t, w)):
                 raise fail("timeline", f"entry {i + 1}: time and weight must be numbers")
-            if t < 0 or not -1 <= w <= 1:
-                raise fail("timeline", f"entry {i + 1}: time must be >= 0 s and weight within -1..1")
+            if not 0 <= t <= MAX_SECONDS or not -1 <= w <= 1:
+                raise fail("timeline", f"entry {i + 1}: time must be within 0..{MAX_SECONDS:g} s "
+                                       "and weight within -1..1")
             rows.append((float(t), float(w)))
         arr = np.array(rows, np.float64)
         if np.any(np.diff(arr[:, 0]) <= 0):
