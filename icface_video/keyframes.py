@@ -11,14 +11,15 @@ A keyframe file is TOML (or CSV with a ``time`` column and attribute columns)::
     yaw = "15deg"       # angles: radians, or strings with deg/rad
 
 Each attribute is interpolated (smoothstep easing) between the keys that name it and held
-before its first and after its last key; attributes no key names keep the source's own
-values. Keys are absolute values (AUs 0..5, angles within +-90 degrees).
+after its last key. Before its first key it starts at the source's own value at t = 0
+and eases into that key (a smile keyed only at 1.5 s grows from the source's own mouth
+over the first 1.5 s); attributes no key names keep the source's own values. Keys are
+absolute values (AUs 0..5, angles within +-90 degrees) at times 0..3600 s.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import NUM_AUS, NUM_ATTRS
-from .controls import attr_index, check_value, parse_quantity
+from .controls import MAX_SECONDS, attr_index, check_value, parse_quantity
 from .errors import InputError
 from .presets import smooth_interp
 
@@ -43,9 +44,15 @@ class Keyframes:
         return max(float(k[-1, 0]) for k in self.keys.values())
 
     def evaluate(self, base: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """(N, 20) track: ``base`` (20,) with keyed attributes interpolated at ``times``."""
-        out = np.broadcast_to(np.asarray(base, np.float32), (len(times), NUM_ATTRS)).copy()
+        """(N, 20) track: ``base`` (20,) with keyed attributes interpolated at ``times`` (s).
+
+        An attribute whose first key is later than t = 0 starts from ``base`` at t = 0.
+        """
+        base = np.asarray(base, np.float32)
+        out = np.broadcast_to(base, (len(times), NUM_ATTRS)).copy()
         for index, k in self.keys.items():
+            if k[0, 0] > 0:
+                k = np.vstack([[0.0, float(base[index])], k])
             out[:, index] = smooth_interp(times, k[:, 0], k[:, 1])
         out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0, 5)
         return out
@@ -90,8 +97,8 @@ def load_keyframes(path: str | Path) -> Keyframes:
             t = float(row["time"])
         except (TypeError, ValueError):
             raise InputError(p, f"key {n}: time {row['time']!r} is not a number") from None
-        if not (t >= 0 and math.isfinite(t)):
-            raise InputError(p, f"key {n}: time must be >= 0 s")
+        if not 0 <= t <= MAX_SECONDS:  # also refuses NaN
+            raise InputError(p, f"key {n}: time {row['time']} must be within 0..{MAX_SECONDS:g} s")
         for name, raw in row.items():
             if name == "time":
                 continue

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import ATTR_NAMES
-from .controls import OP_KINDS, REGIONS, Op, apply_ops, attr_index, check_value, parse_quantity
+from .controls import MAX_SECONDS, OP_KINDS, REGIONS, Op, apply_ops, attr_index, check_value, parse_quantity
 from .errors import InputError
 
 _TOP_KEYS = {"description", "region", "intensity", "loop", "timeline", *OP_KINDS}
@@ -265,8 +265,9 @@ def _parse(path: Path) -> tuple[Preset | None, list[PresetError]]:
                 if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (t, w)):
                     fail("timeline", f"entry {i + 1}: time and weight must be numbers")
                     continue
-                if t < 0 or not -1 <= w <= 1:
-                    fail("timeline", f"entry {i + 1}: time must be >= 0 s and weight within -1..1")
+                if not 0 <= t <= MAX_SECONDS or not -1 <= w <= 1:
+                    fail("timeline", f"entry {i + 1}: time must be within 0..{MAX_SECONDS:g} s "
+                                     "and weight within -1..1")
                     continue
                 rows.append((float(t), float(w)))
             arr = np.array(rows, np.float64).reshape(-1, 2)

@@ -14,7 +14,9 @@ decoded in step with the output and its frames are encoded a batch at a time.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -159,12 +161,20 @@ def analyze_still(path: str | Path, size: int, face_index: int = 0) -> SourceFra
     Raises:
         InputError: unreadable, or no face.
     """
-    frame = next(iter_frames(path, max_frames=1))
+    return still_from_rgb(next(iter_frames(path, max_frames=1)).rgb, size, face_index, path)
+
+
+def still_from_rgb(rgb: np.ndarray, size: int, face_index: int = 0, name: object = "source") -> SourceFrame:
+    """A picture held in memory, (H, W, 3) uint8 RGB, as a :class:`SourceFrame` (``name``: for errors).
+
+    Raises:
+        InputError: no face (or fewer than ``face_index + 1``).
+    """
     with FaceAnalyzer(mode="image", face_index=face_index) as fa:
-        face = fa.analyze(frame.rgb)
+        face = fa.analyze(rgb)
     if face is None:
-        raise InputError(path, "no face found in the source image")
-    return make_source_frame(frame.rgb, face.landmarks, attributes_from_face(face.blendshapes, face.matrix),
+        raise InputError(name, fa.no_face_problem("in the source image"))
+    return make_source_frame(rgb, face.landmarks, attributes_from_face(face.blendshapes, face.matrix),
                              landmark_params(face.landmarks), size)
 
 
@@ -485,3 +495,17 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         contact_sheet=str(preview.sheet_path) if preview else None,
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
     )
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``icface_video.reenact(source, driving, output, **options)`` is
+    the Python API's one-call job (:func:`icface_video.api.reenact`), whether or not the
+    module was imported first (importing a submodule binds its name on the package)."""
+
+    def __call__(self, source, driving=None, output=None, **options) -> dict:
+        from .api import reenact
+
+        return reenact(source, driving, output, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

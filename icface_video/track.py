@@ -22,7 +22,7 @@ import numpy as np
 from .align import AlignConfig, landmark_params, smooth_params
 from .attributes import NUM_ATTRS, NUM_AUS, attributes_from_face
 from .errors import InputError
-from .face import NUM_LANDMARKS, FaceAnalyzer
+from .face import NUM_LANDMARKS, FaceAnalyzer, no_face_problem
 from .media import Frame, MediaInfo, iter_frames, probe
 from .smoothing import SmoothConfig, fill_missing, smooth
 
@@ -205,6 +205,8 @@ class _Rows:
     landmarks: list | None = None
     blendshapes: list | None = None
     fallbacks: int = 0
+    face_index: int = 0
+    max_faces: int = 0  # the most faces seen in one frame
 
     def extend(self, other: "_Rows") -> "_Rows":
         for name in ("times", "success", "conf", "attrs", "params"):
@@ -214,6 +216,7 @@ class _Rows:
         if self.blendshapes is not None:
             self.blendshapes.extend(other.blendshapes)
         self.fallbacks += other.fallbacks
+        self.max_faces = max(self.max_faces, other.max_faces)
         return self
 
     def track(self, info: MediaInfo) -> FaceTrack:
@@ -221,7 +224,7 @@ class _Rows:
         t = np.array(self.times, np.float64)
         if not ok.any():
             where = "in the image" if info.is_still else f"in any of its {len(t)} frames"
-            raise InputError(info.path, f"no face found {where}")
+            raise InputError(info.path, no_face_problem(self.face_index, self.max_faces, where))
         return FaceTrack(
             info=info,
             times=t,
@@ -239,7 +242,8 @@ def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0,
                   keep_blendshapes: bool = False, progress: ProgressFn | None = None, fallback: bool = True,
                   stop: threading.Event | None = None) -> _Rows:
     """One landmarker over a run of frames; ``progress(done, 0)`` after each; returns early when ``stop`` is set."""
-    rows = _Rows(landmarks=[] if keep_landmarks else None, blendshapes=[] if keep_blendshapes else None)
+    rows = _Rows(landmarks=[] if keep_landmarks else None, blendshapes=[] if keep_blendshapes else None,
+                 face_index=face_index)
     mode = "image" if info.is_still else "video"
     with FaceAnalyzer(mode=mode, face_index=face_index, fallback=fallback) as analyzer:
         for frame in frames:
@@ -268,4 +272,5 @@ def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0,
                     rows.blendshapes.append(face.blendshapes)
             if progress is not None:
                 progress(len(rows.times), 0)
+        rows.max_faces = analyzer.max_faces
     return rows

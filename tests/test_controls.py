@@ -157,7 +157,7 @@ def test_keyframes_toml_and_csv(tmp_path):
     base[attr_index("AU01")] = 2.0
     out = keys.evaluate(base, np.array([0.0, 0.5, 1.0, 2.0]))
     assert np.allclose(out[:, AU12], [0, 2, 4, 4])
-    assert np.allclose(out[:, YAW], math.radians(10))  # single key: held
+    assert np.allclose(out[:, YAW], [0, math.radians(5), math.radians(10), math.radians(10)])  # eased in from the source, then held
     assert np.allclose(out[:, attr_index("AU01")], 2.0)  # untouched attribute keeps the source's
     c = tmp_path / "k.csv"
     c.write_text("time, AU12, yaw\n0, 0, 0\n2, 5, 0.2\n")

@@ -444,7 +444,7 @@ def test_face_index_beyond_the_faces_is_an_input_error(faces_root, run_cli, work
     out = workdir / "third.csv"
     result = run_cli(["extract", faces_root / TWO_PEOPLE, "-o", out, "--face-index", "2", "--max-frames", "3"])
     assert result.exit_code == 3
-    assert_one_error_line(result, "2person.mp4", "no face")
+    assert_one_error_line(result, "2person.mp4", "only 2 faces found")
     assert not out.exists() and leftovers(workdir) == []
 
 

@@ -230,6 +230,8 @@ def test_bad_model_folder_in_batch_is_one_line_exit_3(media, workdir):
     ["animate", "-s", "{photo}", "--preset", "smile", "-o", "{out}.mp4", "--duration", "nan"],
     ["animate", "-s", "{photo}", "--preset", "smile", "-o", "{out}.mp4", "--duration", "inf"],
     ["animate", "-s", "{photo}", "--preset", "smile", "-o", "{out}.mp4", "--ramp", "nan"],
+    ["reenact", "-s", "{photo}", "-d", "{photo}", "-o", "{out}.mp4", "--start", "nan"],
+    ["reenact", "-s", "{photo}", "-d", "{photo}", "-o", "{out}.mp4", "--duration", "inf"],
 ])
 def test_non_finite_option_values_are_usage_errors(run_cli, media, workdir, args):
     r = run_cli([a.format(photo=media["photo"], out=workdir / "x") for a in args])

@@ -298,7 +298,7 @@ def markdown(result: dict) -> str:
               "| method | identity to source | AU correlation | yaw correlation | pitch correlation |",
               "| --- | --- | --- | --- | --- |"]
     for n, r in result["cross"].items():
-        lines.append(f"| {n} | {r['identity']:.3f} | {r['au_corr']:.2f} | {r['yaw_corr']:.2f} | {r['pitch_corr']:.2f} |")
+        lines.append(f"| {n} | {r['id']:.3f} | {r['au_corr']:.2f} | {r['yaw_corr']:.2f} | {r['pitch_corr']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -336,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
               "cross": {n: {k: float(np.nanmean(v)) for k, v in d.items()} for n, d in cross.items()},
               "seconds": round(time.perf_counter() - t0, 1),
               "command": "python -m train.eval_frames " + " ".join(argv if argv is not None else sys.argv[1:])}
-    text = markdown(result)
-    print(text)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result)
+    print(text)
     if args.markdown:
         args.markdown.write_text(text)
     if args.sheet:

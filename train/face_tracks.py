@@ -69,7 +69,7 @@ def manifest_videos(manifest: Path, splits: set[str]) -> list[dict]:
     with open(manifest, newline="") as fh:
         for row in csv.DictReader(fh):
             if row["kind"] == "video" and row["split"] in splits:
-                row = dict(row)
+                row = dict(row, rel=row["path"])
                 row["path"] = str(manifest.parent / row["path"])
                 rows.append(row)
     return rows
@@ -84,7 +84,7 @@ def track_of(row: dict, max_frames: int, cache: Path | None = None) -> ClipTrack
     key = hashlib.sha1(f"{rel}|{Path(rel).stat().st_size}".encode()).hexdigest()[:8]
     folder = (cache or cache_dir()) / "face-tracks"
     file = folder / f"{_clip_id(Path(rel).name)}-{key}-{max_frames}.npz"
-    meta = dict(id=_clip_id(rel), path=rel, identity=row.get("split_group") or row.get("identity") or rel,
+    meta = dict(id=_clip_id(row.get("rel", rel)), path=rel, identity=row.get("split_group") or row.get("identity") or rel,
                 split=row["split"])
     if not file.is_file():
         try:
