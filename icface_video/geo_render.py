@@ -224,7 +224,8 @@ class GeometryRenderer:
         return out
 
     def warp_region(self, tv: np.ndarray, tl: np.ndarray, target_hair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ROI of the output, and the triangle id buffer it was drawn from (-1: untouched)."""
+        """The ROI of the output, and the triangle id buffer it was drawn from (-1: untouched;
+        at the frame's resolution, or at the map's when the ROI is larger than ``max_side``)."""
         cfg, topo = self.config, self.topology
         x0, y0, x1, y1 = self.roi
         rw, rh = x1 - x0, y1 - y0
@@ -262,30 +263,30 @@ class GeometryRenderer:
         mx.ravel()[cov] = a[:, 0] * px + a[:, 1] * py + a[:, 2]
         my.ravel()[cov] = a[:, 3] * px + a[:, 4] * py + a[:, 5]
         edges = _discontinuities(mx, my, 2.0 * step)
-        if step > 1.0:
-            # The maps are piecewise affine: sample them at each frame pixel's map position.
-            ux, uy = self._grids(rw, rh, 1.0 / step, offset=False)
-            mx = cv2.remap(mx, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            my = cv2.remap(my, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            edges = cv2.remap(edges, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            ids_full = cv2.remap(ids.astype(np.float32), ux, uy, cv2.INTER_NEAREST,
-                                 borderMode=cv2.BORDER_REPLICATE).astype(np.int32)
-        else:
-            ids_full = ids
-        region = cv2.remap(self.frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        # (Pixels that no triangle covers fetch themselves at integer positions: remap copies them exactly.)
-        if cfg.soften > 0 and edges.any():
-            ys, xs = np.nonzero(edges)
-            pad = int(np.ceil(4 * cfg.soften)) + 2
-            a0, a1 = max(0, xs.min() - pad), min(rw, xs.max() + pad + 1)
-            b0, b1 = max(0, ys.min() - pad), min(rh, ys.max() + pad + 1)
-            m = cv2.GaussianBlur(edges[b0:b1, a0:a1], (0, 0), max(cfg.soften, 0.5) * 1.5)
-            m = np.clip(m * 2.0, 0.0, 1.0)[..., None]
-            part = region[b0:b1, a0:a1]
-            blurred = cv2.GaussianBlur(part, (0, 0), cfg.soften)
-            region[b0:b1, a0:a1] = (part * (1.0 - m) + blurred * m + 0.5).astype(np.uint8)
-        self._draw_mouth(region, ids_full, tv, tl)
-        return region, ids_full
+        # The frame is warped in strips of rows, so memory stays bounded for any frame size
+        # (one strip when the map has the frame's resolution).
+        region = np.empty((rh, rw, 3), np.uint8)
+        strip = rh if step == 1.0 else max(16, int(2_000_000 // max(rw, 1)))
+        pad = int(np.ceil(4 * cfg.soften)) + 2 if cfg.soften > 0 else 0
+        for r0 in range(0, rh, strip):
+            r1 = min(rh, r0 + strip)
+            q0, q1 = (r0, r1) if strip == rh else (max(0, r0 - pad), min(rh, r1 + pad))
+            if step == 1.0:
+                sx, sy, se = mx[q0:q1], my[q0:q1], edges[q0:q1]
+            else:
+                # The maps are piecewise affine: sample them at each frame pixel's map position.
+                ux = np.broadcast_to(np.arange(rw, dtype=np.float32) / np.float32(step), (q1 - q0, rw))
+                uy = np.broadcast_to((np.arange(q0, q1, dtype=np.float32) / np.float32(step))[:, None], (q1 - q0, rw))
+                ux, uy = np.ascontiguousarray(ux), np.ascontiguousarray(uy)
+                sx, sy, se = (cv2.remap(m, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                              for m in (mx, my, edges))
+            # (Pixels no triangle covers fetch themselves at integer positions: copied exactly.)
+            part = cv2.remap(self.frame, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            if pad and se.any():
+                _soften(part, se, cfg.soften)
+            region[r0:r1] = part[r0 - q0:r1 - q0]
+        self._draw_mouth(region, ids, step, tv, tl)
+        return region, ids
 
     def _grids(self, w: int, h: int, step: float, offset: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(h, w) float32 x and y of a grid with spacing ``step`` (from the ROI's corner in
@@ -324,8 +325,10 @@ class GeometryRenderer:
         """Indices of the triangles fetched from their mirror for these target vertices."""
         return np.nonzero(self._fetch_triangles(target_vertices[self.topology.triangles])[1])[0]
 
-    def _draw_mouth(self, region: np.ndarray, ids: np.ndarray, tv: np.ndarray, tl: np.ndarray) -> None:
-        """Paint the mouth interior where the target opens wider than the source (in place)."""
+    def _draw_mouth(self, region: np.ndarray, ids: np.ndarray, step: float, tv: np.ndarray, tl: np.ndarray) -> None:
+        """Paint the mouth interior where the target opens wider than the source (in place).
+
+        ``ids``: the triangle id map with pixel spacing ``step`` (frame pixels)."""
         cfg, topo = self.config, self.topology
         target_opening = _polygon_area(tl[list(INNER_LIPS), :2])
         if target_opening < 4.0:
@@ -335,13 +338,20 @@ class GeometryRenderer:
         alpha = float(np.clip((none - q) / max(none - full, 1e-6), 0.0, 1.0))
         if alpha <= 0.0:
             return
-        mouth_tris = np.nonzero(topo.kind == KIND_MOUTH)[0]
-        inside = np.isin(ids, mouth_tris)
+        x0, y0 = self.roi[:2]
+        rh, rw = region.shape[:2]
+        lip = tl[list(INNER_LIPS), :2] - [x0, y0]
+        bx0, by0 = np.clip(np.floor(lip.min(0)).astype(int) - 2, 0, [rw, rh])
+        bx1, by1 = np.clip(np.ceil(lip.max(0)).astype(int) + 3, 0, [rw, rh])
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        bys, bxs = np.mgrid[by0:by1, bx0:bx1]
+        mh, mw = ids.shape
+        near = ids[np.clip(np.round(bys / step).astype(int), 0, mh - 1), np.clip(np.round(bxs / step).astype(int), 0, mw - 1)]
+        inside = np.isin(near, np.nonzero(topo.kind == KIND_MOUTH)[0])
         if not inside.any():
             return
-        x0, y0 = self.roi[:2]
-        ys, xs = np.nonzero(inside)
-        k = ids[ys, xs]
+        ys, xs, k = bys[inside], bxs[inside], near[inside]
         tri = tv[topo.triangles[k]]  # (P, 3, 2): centre, a, b
         p = np.stack([xs + x0, ys + y0], -1).astype(np.float64)
         e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
@@ -389,6 +399,20 @@ class GeometryRenderer:
         alpha = alpha * np.clip((1.0 - r) / edge_px, 0.0, 1.0)[:, None] ** 0.5
         cur = region[ys, xs].astype(np.float64)
         region[ys, xs] = np.clip(cur * (1 - alpha) + col * alpha + 0.5, 0, 255).astype(np.uint8)
+
+
+def _soften(part: np.ndarray, edges: np.ndarray, sigma: float) -> None:
+    """Blur ``part`` (h, w, 3) uint8 in place over about a pixel around the occlusion edges (h, w) 0/1."""
+    ys, xs = np.nonzero(edges)
+    pad = int(np.ceil(4 * sigma)) + 2
+    h, w = edges.shape
+    a0, a1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+    b0, b1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+    m = cv2.GaussianBlur(edges[b0:b1, a0:a1], (0, 0), max(sigma, 0.5) * 1.5)
+    m = np.clip(m * 2.0, 0.0, 1.0)[..., None]
+    box = part[b0:b1, a0:a1]
+    blurred = cv2.GaussianBlur(box, (0, 0), sigma)
+    part[b0:b1, a0:a1] = (box * (1.0 - m) + blurred * m + 0.5).astype(np.uint8)
 
 
 def _polygon_area(pts: np.ndarray) -> float:

@@ -454,8 +454,11 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
             with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None,
                               duration=float(n / fps), audio_start=float(times[0]) if n else 0.0) as enc:
                 clip_frames = None if still else source.frames_at(times)
-                for b0 in range(0, n, options.batch_size):
-                    b1 = min(n, b0 + options.batch_size)
+                # The geometric renderer gains nothing from batches: large frames go one at a
+                # time, so memory holds one output frame, whatever the source's size.
+                step = 1 if geo is not None and first.rgb.size > 4_000_000 * 3 else options.batch_size
+                for b0 in range(0, n, step):
+                    b1 = min(n, b0 + step)
                     batch_attrs = torch.from_numpy(np.ascontiguousarray(attrs[b0:b1], np.float32)).to(dev)
                     t0 = time.perf_counter()
                     if still:
