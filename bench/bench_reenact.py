@@ -68,14 +68,15 @@ def frames_of(path: Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
-def bench(driver: Path, source: Path, out: Path, model: str | None, preset: str, batch_size: int) -> dict:
+def bench(driver: Path, source: Path, out: Path, model: str | None, preset: str, batch_size: int,
+          renderer: str = "geometry") -> dict:
     ff = ffmpeg_exe()
     n = frames_of(driver)
     t_ff, mem_ff, _ = run_child([ff, "-hide_banner", "-loglevel", "error", "-y", "-i", str(driver), "-c:v", "libx264",
                                  "-preset", preset, "-crf", "18", "-pix_fmt", "yuv420p", str(out / "transcode.mp4")])
     cmd = [str(Path(sys.executable).parent / "icface-video"), "reenact", "-s", str(source), "-d", str(driver),
            "-o", str(out / "reenact.mp4"), "--overwrite", "--json", "--x264-preset", preset,
-           "--batch-size", str(batch_size)]
+           "--batch-size", str(batch_size), "--renderer", renderer]
     if model:
         cmd += ["--model", model]
     t_re, mem_re, proc = run_child(cmd)
@@ -93,6 +94,7 @@ def main() -> int:
     ap.add_argument("--skip-short", action="store_true", help="with --long: skip the plain d3 run")
     ap.add_argument("--x264-preset", default="medium")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--renderer", default="geometry", choices=["geometry", "network"])
     args = ap.parse_args()
     import av
 
@@ -112,7 +114,7 @@ def main() -> int:
                                 str(DATA / DRIVER), "-t", f"{secs}", "-c", "copy", str(p)], check=True)
                 drivers.append(p)
         for drv in drivers:
-            r = bench(drv, src, out, args.model, args.x264_preset, args.batch_size)
+            r = bench(drv, src, out, args.model, args.x264_preset, args.batch_size, args.renderer)
             print(json.dumps(r))
             stages = ", ".join(f"{k} {v:.2f} s ({1000 * v / r['frames']:.1f} ms/frame)" for k, v in r["stages_s"].items())
             print(f"  {Path(drv).name}: {r['frames']} frames; transcode {r['transcode_fps']} fps; reenact "

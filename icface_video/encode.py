@@ -107,6 +107,24 @@ class OutputFormat:
         return self.muxer == "image2"
 
 
+# H.264's largest frame (level 6.2): 139264 macroblocks of 16x16 pixels (8192x4320 fits), at
+# most 8192 pixels a side here; ProRes (prores_ks) takes up to 16384 a side.
+H264_MAX_MACROBLOCKS = 139264
+LARGE_FRAME = 2560 * 1440  # pixels: above this, x264's lookahead and threads are capped
+MAX_SIDE = {"h264": 8192, "prores": 16384, "png": 32767}
+
+
+def frame_size_problem(fmt: OutputFormat, width: int, height: int) -> str | None:
+    """Why frames of ``width`` x ``height`` cannot be written in ``fmt`` (None: they can)."""
+    side = MAX_SIDE.get(fmt.codec, 16384)
+    mbs = -(-width // 16) * -(-height // 16)
+    if max(width, height) > side or (fmt.codec == "h264" and mbs > H264_MAX_MACROBLOCKS):
+        return (f"{width}x{height} frames are larger than {fmt.codec} can encode (at most {side} pixels a side"
+                + (", 8192x4320 in all" if fmt.codec == "h264" else "")
+                + "); use a smaller source" + (", --codec prores or an image sequence" if fmt.codec == "h264" else ""))
+    return None
+
+
 def output_format(path: str | Path, codec: str = "h264", alpha: bool = False) -> OutputFormat:
     """The container and codec for an output path: the extension decides the container.
 
@@ -191,6 +209,10 @@ class VideoEncoder:
                     out_args["alpha_bits"] = 16
             else:
                 out_args = dict(vcodec="libx264", pix_fmt="yuv420p", crf=config.crf, preset=config.preset)
+                if width * height > LARGE_FRAME:
+                    # x264 holds its lookahead and reference frames: cap them (and its
+                    # threads) for large frames, so the encoder's memory stays bounded.
+                    out_args.update({"x264-params": "rc-lookahead=4:sync-lookahead=0:ref=1:bframes=0", "threads": 2})
             out_args.update(COLOR_TAGS)
             if fmt.muxer in ("mp4", "mov"):
                 out_args["movflags"] = "+faststart"

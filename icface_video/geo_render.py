@@ -383,15 +383,15 @@ class GeometryRenderer:
         order = np.argsort(lu)
         pc = p - tv[_MOUTH_C]
         d_up = pc @ normal - np.interp(pc @ axis, lu[order], lw[order])
-        central = np.clip(1.0 - np.abs(along - 0.5) / 0.42, 0.0, 1.0) ** 0.5
+        central = np.clip(1.0 - np.abs(along - 0.5) / 0.38, 0.0, 1.0) ** 0.5
         t = np.clip((teeth_px - d_up) / 1.5, 0.0, 1.0) * central
         lum = float(np.clip(self.skin_colour.mean() / 170.0, 0.55, 1.1))
-        teeth = np.array([226.0, 221.0, 208.0]) * lum
+        teeth = np.array([232.0, 224.0, 206.0]) * lum
         # Slightly darker at the biting edge, and faint gaps between the teeth (the
         # central incisors meet at the mouth's centre line; about 8 teeth across).
         period = max(width / 8.0, 2.0)
         phase = ((pc @ axis) / period + 0.5) % 1.0 - 0.5
-        gaps = 1.0 - 0.28 * np.exp(-(phase / 0.07) ** 2) * (width > 24)
+        gaps = 1.0 - 0.12 * np.exp(-(phase / 0.06) ** 2) * (width > 24)
         teeth_col = teeth[None] * ((0.8 + 0.2 * np.clip(1.0 - d_up / max(teeth_px, 1.0), 0, 1)) * gaps)[:, None]
         col = col * (1 - t[:, None]) + teeth_col * t[:, None]
         # Fade into the lips over about a pixel (the fan's outer edge is the lip line).

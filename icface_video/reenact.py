@@ -28,7 +28,7 @@ import torch
 
 from .align import AlignConfig, crop_matrix, landmark_params, transform_points, warp_crop
 from .attributes import attributes_from_face
-from .encode import EncodeConfig, VideoEncoder, even_size, output_format
+from .encode import EncodeConfig, VideoEncoder, even_size, frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
 from .geo_render import GeometryConfig, GeometryStage
@@ -427,6 +427,9 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
         width = height = model.resolution
     else:
         width, height = even_size(first.rgb.shape[1], first.rgb.shape[0])
+    problem = frame_size_problem(fmt, width, height)
+    if problem:
+        raise InputError(getattr(source, "path", output), problem)
     dev = model.device
     half = dev.type == "cuda"
     cache = None

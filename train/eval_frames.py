@@ -28,8 +28,9 @@ Protocol, on the video clips of ``--split`` (face tracks from :mod:`train.face_t
   AUs with the planned ones (AUs whose planned values move: standard deviation > 0.3) and
   of yaw and pitch.
 * the same self figures for the clips with the largest yaw range (``--wide 3``);
-* the **floor**: the real target frames re-measured the same way, against their stored
-  attributes (the extractor's noise on full frames).
+* the **floor**: the real target frames, shifted by half a pixel and JPEG-compressed
+  (quality 90), re-measured the same way against their stored attributes: the
+  extractor's noise on full frames (its L1 is that of the resampling, not zero).
 * a contact sheet (``--sheet``): the 6 largest head turns and the 6 widest mouth openings
   of the self pairs, face region at full resolution: source | methods | real.
 """
@@ -66,6 +67,16 @@ def face_region(size: tuple[int, int], *landmark_sets: np.ndarray, grow: float =
         c = pts.mean(0)
         cv2.fillPoly(mask, [np.round((c + (pts - c) * (1 + grow)) * 4).astype(np.int32)], 1, shift=2)
     return mask.astype(bool)
+
+
+def resampled(rgb: np.ndarray) -> np.ndarray:
+    """The real frame as a renderer's output would carry it: shifted by half a pixel
+    (bilinear resampling) and JPEG-compressed at quality 90. Re-measuring these against the
+    stored attributes gives the extractor's noise floor on full frames."""
+    m = np.float32([[1, 0, 0.5], [0, 1, 0.5]])
+    moved = cv2.warpAffine(rgb, m, (rgb.shape[1], rgb.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    ok, buf = cv2.imencode(".jpg", moved, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
 
 
 def read_frames(path: str, indices: np.ndarray) -> dict[int, np.ndarray]:
@@ -173,7 +184,7 @@ def run_self(tracks: list[ClipTrack], methods: list[Method], targets: int, log) 
             ct = landmark_params(t.landmarks[j])
             pl = np.array([ct[0] - cs[0], ct[1] - cs[1], ct[2] / cs[2]])
             outs["no-motion"].append(src)
-            outs["floor"].append(frames[j])
+            outs["floor"].append(resampled(frames[j]))
             for m in methods:
                 outs[m.name].append(m.render(src, slm, sattr, t.attrs[j], pl))
         real = [frames[j] for j in tg]
