@@ -86,7 +86,8 @@ class MotionModel:
         mean_shape: (478, 3) the mean canonical shape of the training faces.
         mirror: (478,) the landmark that mirrors each one across the face's midline
             (an involution; used to fill skin the source hid).
-        meta: fit statistics and provenance (split, clips, frames, errors); ``au_scale``:
+        meta: fit statistics and provenance (split, clips, frames, errors); ``gain``: the
+            calibrated factor on the displacements (:attr:`gain`); ``au_scale``:
             the AU scale the displacements were fitted on (missing = "v1", fitted before the
             OpenFace calibration). AUs given to :meth:`expression_offsets` and
             :meth:`target_landmarks` are on the tool's scale (v2) and converted to it.
@@ -121,7 +122,17 @@ class MotionModel:
         src = to_scale(np.asarray(source_aus, np.float64)[..., :NUM_AUS], self.au_scale)
         tgt = to_scale(np.asarray(target_aus, np.float64)[..., :NUM_AUS], self.au_scale)
         d = hinge_features(tgt, self.knots) - hinge_features(src, self.knots)
+        d = d * np.repeat(self.gain, len(self.knots))  # features are AU-major
         return np.einsum("bf,fnk->bnk", np.atleast_2d(d), self.weights)
+
+    @property
+    def gain(self) -> np.ndarray:
+        """(17,) factor per AU on the fitted displacements (``meta["gain"]``, a number or 17;
+        1 when absent): least squares on noisy AUs under-estimates the motion (regression
+        dilution), so ``train.fit_motion`` calibrates it by rendering train pairs and
+        re-measuring their AUs."""
+        g = np.asarray(self.meta.get("gain", 1.0), np.float64)
+        return np.broadcast_to(g, (NUM_AUS,)) if g.ndim == 0 else g.reshape(NUM_AUS)
 
     def target_landmarks(self, source_landmarks: np.ndarray, source_attrs: np.ndarray, target_attrs: np.ndarray,
                          placement: np.ndarray | None = None) -> np.ndarray:

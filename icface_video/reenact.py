@@ -31,7 +31,7 @@ from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size, frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
-from .geo_render import GeometryConfig, GeometryStage
+from .geo_render import GeometryConfig, GeometryStage, ring_points
 from .media import exact_rate, iter_frames
 from .outputs import atomic_output, is_sequence, sequence_stem
 from .paste import PasteBack, PasteConfig, face_mask
@@ -377,9 +377,17 @@ def _network_batch(model, cache, batch_attrs: torch.Tensor, sources: list[Source
 
 
 def mask_alpha(sf: SourceFrame, size: int, options: RenderOptions) -> np.ndarray:
-    """The alpha channel of a frame rendered from ``sf``: the feathered face mask that
-    blends the generated face in, (H, W) uint8 in the full frame (255: all generated,
-    0: the source's own pixels); with ``crop_only`` the (size, size) crop's mask."""
+    """The alpha channel of a frame rendered from ``sf``: (H, W) uint8 in the full frame
+    (255: rendered, 0: the source's own pixels): the geometric renderer's fixed ring, or
+    the network renderer's feathered face mask; with ``crop_only`` the (size, size) crop's
+    face mask."""
+    if options.renderer == "geometry" and not options.crop_only:
+        # The geometric renderer changes pixels inside its fixed ring only (exactly the
+        # source's outside it), so the ring is the alpha.
+        ring = ring_points(sf.landmarks, options.geometry.fixed_ring)[:, :2]
+        alpha = np.zeros(sf.rgb.shape[:2], np.uint8)
+        cv2.fillPoly(alpha, [np.round(ring * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+        return alpha
     if options.crop_only:
         return (face_mask(sf.crop_landmarks, size, options.paste) * 255 + 0.5).astype(np.uint8)
     paster = PasteBack(sf.rgb.shape[:2], sf.matrix, sf.landmarks, size, options.paste)
@@ -457,9 +465,9 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
             with VideoEncoder(tmp, width, height, fps, options.encode, audio_from if has_audio else None,
                               duration=float(n / fps), audio_start=float(times[0]) if n else 0.0) as enc:
                 clip_frames = None if still else source.frames_at(times)
-                # The geometric renderer gains nothing from batches: large frames go one at a
-                # time, so memory holds one output frame, whatever the source's size.
-                step = 1 if geo is not None and first.rgb.size > 4_000_000 * 3 else options.batch_size
+                # Large frames go one at a time (the geometric renderer gains nothing from
+                # batches), so memory holds one output frame, whatever the source's size.
+                step = 1 if first.rgb.size > 4_000_000 * 3 else options.batch_size
                 for b0 in range(0, n, step):
                     b1 = min(n, b0 + step)
                     batch_attrs = torch.from_numpy(np.ascontiguousarray(attrs[b0:b1], np.float32)).to(dev)

@@ -133,7 +133,7 @@ def test_mode_expression_follows_aus_and_keeps_pose(run_cli, model_dir, neutral_
 
 
 def test_detail_paste_is_sharper_and_keeps_the_edit(run_cli, model_dir, faces_root, tmp_path):
-    """With paste-back at the frame's resolution (default ``--detail``), a 512x512 photo
+    """Network renderer: with paste-back at the frame's resolution (default ``--detail``), a 512x512 photo
     edited with the smile preset has more fine detail in the face than with ``--no-detail``
     (the face pasted from 128 px), the same re-extracted smile, and the same pixels far
     from the face."""
@@ -142,7 +142,7 @@ def test_detail_paste_is_sharper_and_keeps_the_edit(run_cli, model_dir, faces_ro
     photo = _frame_png(faces_root / "SadTalker/test/examples/source_image/RD_Radio34_000.mp4", 0,
                        tmp_path / "radio.png")  # 512x512, face about 300 px
     outs = {}
-    for name, extra in (("sharp", []), ("plain", ["--no-detail"])):
+    for name, extra in (("sharp", ["--renderer", "network"]), ("plain", ["--renderer", "network", "--no-detail"])):
         outs[name] = tmp_path / f"{name}.png"
         r = run_cli(["edit", "-s", photo, "--preset", "smile", "-o", outs[name], *extra, *_model_args(model_dir)])
         assert r.exit_code == 0, r.stderr
@@ -178,9 +178,9 @@ def test_edit_closes_eyes_when_au45_is_set_high(run_cli, model_dir, neutral_phot
     assert cv2.imread(str(shut)).shape == cv2.imread(str(neutral_photo)).shape
     before, after = _au(neutral_photo)[AU["AU45"]], _au(shut)[AU["AU45"]]
     assert after > before + 1.5, (before, after)
-    plain = tmp_path / "plain.png"  # --no-eyelids: the generator alone keeps them open
-    r = run_cli(["edit", "-s", neutral_photo, "--set", "AU45=4.5", "--no-eyelids", "-o", plain,
-                 *_model_args(model_dir)])
+    plain = tmp_path / "plain.png"  # network renderer, --no-eyelids: the generator alone keeps them open
+    r = run_cli(["edit", "-s", neutral_photo, "--set", "AU45=4.5", "--no-eyelids", "--renderer", "network",
+                 "-o", plain, *_model_args(model_dir)])
     assert r.exit_code == 0, r.stderr
     assert _au(plain)[AU["AU45"]] < before + 1.0
 

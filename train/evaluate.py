@@ -19,6 +19,9 @@ renders without the folder's eyelid warp, ``icface_video/eyelids.py``, and
 shipped default model is used (when it is missing this is said and only the baseline
 runs). The ``no-motion`` baseline (output = the source frame) is always included.
 
+``--full-frames`` runs the full-frame evaluation instead (:mod:`train.eval_frames`: the
+video the user gets, paste-back and the geometric renderer included), with its arguments.
+
 Protocol (``train/README.md``, section "Evaluation", says more):
 
 * self-reenactment: per clip, source = first frame with a face; targets = up to
@@ -810,6 +813,11 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if "--full-frames" in args_in:  # the full-frame protocol lives in train.eval_frames
+        from train.eval_frames import main as full_frames
+
+        return full_frames([a for a in args_in if a != "--full-frames"])
     from icface_video.runtime import tune_allocator
 
     tune_allocator()

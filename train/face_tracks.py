@@ -59,8 +59,15 @@ class ClipTrack:
 
     @property
     def attrs(self) -> np.ndarray:
-        """(N, 20) AUs then pitch/yaw/roll (radians)."""
-        return np.concatenate([self.aus, self.pose], axis=1).astype(np.float32)
+        """(N, 20) AUs (the tool's scale) then pitch/yaw/roll (radians)."""
+        return self.attrs_on("v2")
+
+    def attrs_on(self, scale: str) -> np.ndarray:
+        """(N, 20) AUs on AU scale ``scale`` (``icface_video.attributes.AU_SCALES``), then the angles."""
+        from icface_video.attributes import blendshapes_to_aus
+
+        aus = blendshapes_to_aus(np.nan_to_num(self.blendshapes), scale)
+        return np.concatenate([aus, self.pose], axis=1).astype(np.float32)
 
 
 def manifest_videos(manifest: Path, splits: set[str]) -> list[dict]:
