@@ -35,6 +35,11 @@ FACE_OVAL: tuple[int, ...] = (
 )
 
 
+# Fetch areas above this many pixels are sampled from the uint8 frame with OpenCV instead of
+# a float copy of the frame (memory: a 7680x4320 frame's float copy alone is 400 MB).
+LARGE_FETCH = 4_000_000
+
+
 @dataclass(frozen=True)
 class PasteConfig:
     """Blending settings.
@@ -209,8 +214,18 @@ class PasteBack:
         at_roi = self._remap(stacked, *(g.expand(b, h, w) for g in self._roi_grid), mode="bilinear",
                              padding_mode="border", align_corners=True, normalized_coordinates=True)
         # 2. Fetch from the source frame(s); blend with the drawn part, then with the frame.
-        fetched = self._remap(self._fetch_pictures(frames, b), at_roi[:, 0], at_roi[:, 1], mode="bilinear",
-                              padding_mode="border", align_corners=True, normalized_coordinates=True)
+        bx0, by0, bx1, by1 = self._fetch_box
+        if (bx1 - bx0) * (by1 - by0) > LARGE_FETCH:
+            # Large frames: sample the uint8 frame itself with OpenCV (no float copy of it).
+            pics = np.broadcast_to(frames, (b,) + frames.shape[-3:]) if frames.ndim == 3 else frames
+            px = (at_roi[:, 0] + 1.0) * (0.5 * (bx1 - bx0 - 1)) + bx0
+            py = (at_roi[:, 1] + 1.0) * (0.5 * (by1 - by0 - 1)) + by0
+            fetched = torch.stack([torch.from_numpy(cv2.remap(
+                pics[i], px[i].numpy(), py[i].numpy(), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+                for i in range(b)]).permute(0, 3, 1, 2).float()
+        else:
+            fetched = self._remap(self._fetch_pictures(frames, b), at_roi[:, 0], at_roi[:, 1], mode="bilinear",
+                                  padding_mode="border", align_corners=True, normalized_coordinates=True)
         face = torch.lerp(at_roi[:, 3:6], fetched, at_roi[:, 2:3])
         return self._blend(out, frames, face)
 
