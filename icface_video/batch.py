@@ -43,6 +43,7 @@ from typing import Callable, Iterator
 from .controls import parse_set
 from .driving import MODES
 from .encode import CODECS, output_format
+from .geo_render import RENDERERS
 from .errors import IcfaceError, InputError, UsageError
 from .smoothing import SMOOTH_METHODS
 
@@ -51,7 +52,8 @@ EXIT_SOME_FAILED = 4
 PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
 FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
           "smooth", "smooth_strength", "face_index", "source_face", "driver_face", "crop_only", "color_match", "crf",
-          "x264_preset", "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration")
+          "x264_preset", "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration",
+          "renderer")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 STATE_DIR = ".icface-batch"
 REPORT_NAME = "report.json"
@@ -254,7 +256,8 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
                 parse_set(expr)
         except IcfaceError as exc:
             bad.append(Problem(row, "set", str(exc)))
-        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS, "codec": CODECS}
+        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS, "codec": CODECS,
+                   "renderer": RENDERERS}
         for key, allowed in choices.items():
             if key in raw:
                 if str(raw[key]) not in allowed:
@@ -459,7 +462,8 @@ def to_reenact_job(spec: JobSpec):
                            encode=EncodeConfig(crf=f.get("crf", 18), preset=f.get("x264_preset", "medium"),
                                                audio=not f.get("no_audio", False), codec=f.get("codec", "h264"),
                                                alpha=f.get("alpha", False)),
-                           preview=f.get("preview", False), overwrite=True)
+                           preview=f.get("preview", False), overwrite=True,
+                           renderer=f.get("renderer", RenderOptions.renderer))
     return ReenactJob(source=f["source"], output=spec.output, driving=f.get("driving"), parts=parts,
                       mode=f.get("mode", "full"), relative=f.get("relative"),
                       presets=[P.load(n) for n in f.get("preset", [])], sets=[parse_set(s) for s in f.get("set", [])],

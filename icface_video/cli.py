@@ -286,8 +286,10 @@ EYELIDS_OPTION = click.option(
          "(its eyelids.json); --no-eyelids leaves the lids to the generator alone.")
 
 
+from .geo_render import RENDERERS  # noqa: E402
+
 RENDERER_OPTION = click.option(
-    "--renderer", type=click.Choice(["geometry", "network"]), default="geometry", show_default=True,
+    "--renderer", type=click.Choice(RENDERERS), default="geometry", show_default=True,
     help="geometry: the motion model moves the source's 3D landmarks and the frame is warped onto them "
          "at its own resolution (mouth interior drawn); network: the ICface generator's 128 px render, "
          "pasted back (--detail and --eyelids apply to it).")

@@ -35,8 +35,10 @@ import numpy as np
 
 from .attributes import AU_NAMES
 from .mesh_topology import EYE_CONTOURS, FACE_OVAL, INNER_LIP_UPPER, INNER_LIPS, IRIS_CENTRES, NUM_LANDMARKS
-from .mesh_warp import mesh_triangles
 from .motion import head_frame
+
+#: The ways a frame can be rendered (``--renderer``): this module, or the ICface generator.
+RENDERERS: tuple[str, ...] = ("geometry", "network")
 
 _OVAL = np.array(FACE_OVAL)
 _N_OVAL = len(FACE_OVAL)
@@ -100,6 +102,8 @@ def _topology(mirror_key: bytes) -> _Topology:
         o0, o1, h0, h1 = FACE_OVAL[i], FACE_OVAL[j], _HAIR0 + i, _HAIR0 + j
         tris += [(o0, o1, h0), (o1, h1, h0)]
         kinds += [KIND_HAIR] * 2
+    from .mesh_warp import mesh_triangles  # (imports torch: only when a renderer is built)
+
     mesh = mesh_triangles()
     tris += [tuple(t) for t in mesh]
     kinds += [KIND_FACE] * len(mesh)

@@ -31,7 +31,7 @@ from .attributes import attributes_from_face
 from .encode import EncodeConfig, VideoEncoder, even_size, frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .face import FaceAnalyzer
-from .geo_render import GeometryConfig, GeometryStage, ring_points
+from .geo_render import RENDERERS, GeometryConfig, GeometryStage, ring_points
 from .media import exact_rate, iter_frames
 from .outputs import atomic_output, is_sequence, sequence_stem
 from .paste import PasteBack, PasteConfig, face_mask
@@ -70,9 +70,6 @@ class RenderOptions:
     overwrite: bool = False
     renderer: str = "geometry"
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
-
-
-RENDERERS: tuple[str, ...] = ("geometry", "network")
 
 
 def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:

@@ -205,3 +205,13 @@ def test_cli_reenact_follows_a_real_head_turn(run_cli, faces_root, workdir) -> N
     assert np.corrcoef(y_out[:n], y_drv[:n])[0, 1] > 0.9
     first = next(iter_frames(out, max_frames=1)).rgb
     assert np.abs(first[:20, :20].astype(int) - frame[:20, :20].astype(int)).mean() < 4  # corner: untouched (codec only)
+
+
+def test_batch_takes_the_renderer_field(run_cli, faces_root, workdir) -> None:
+    """``renderer`` is a batch job field like the CLI option: checked with the other fields."""
+    jobs = workdir / "jobs.csv"
+    photo, drv = faces_root / NEUTRAL, faces_root / TALK_CLIP
+    jobs.write_text(f"source,driving,renderer\n{photo},{drv},network\n{photo},{drv},painting\n")
+    r = run_cli(["batch", jobs, "-o", workdir / "out", "--dry-run"])
+    assert r.exit_code == 3
+    assert "row 3: renderer" in r.stderr and "row 2" not in r.stderr  # rows are file lines (header: 1)
