@@ -41,6 +41,19 @@ CLOSERS: tuple[str, ...] = ("AU17", "AU23")
 RELEASE_AT = 2.0
 
 
+def most_neutral_frame(attrs: np.ndarray, success: np.ndarray, columns: np.ndarray | None = None) -> int:
+    """The index of the most neutral frame: least AU activity / 5 plus head-angle magnitude /
+    0.35 rad over ``columns`` (indices into the 20-vector; None: all), among frames where a
+    face was measured.
+
+    Convention: attrs (N, 20) AUs 0..5 then radians; success (N,) bool.
+    """
+    cols = np.arange(attrs.shape[1]) if columns is None else np.asarray(columns, np.int64)
+    aus, angles = cols[cols < NUM_AUS], cols[cols >= NUM_AUS]
+    score = attrs[:, aus].sum(axis=1) / 5.0 + np.abs(attrs[:, angles]).sum(axis=1) / 0.35
+    return int(np.argmin(np.where(success, score, np.inf)))
+
+
 @dataclass(frozen=True)
 class AttributeTrack:
     """A timed attribute sequence.
@@ -80,13 +93,8 @@ class AttributeTrack:
         return out
 
     def reference_index(self, columns: np.ndarray | None = None) -> int:
-        """The most neutral frame for ``columns`` (indices into the 20-vector; None: all):
-        least AU activity plus head-angle magnitude."""
-        cols = np.arange(self.attrs.shape[1]) if columns is None else np.asarray(columns, np.int64)
-        aus, angles = cols[cols < NUM_AUS], cols[cols >= NUM_AUS]
-        score = self.attrs[:, aus].sum(axis=1) / 5.0 + np.abs(self.attrs[:, angles]).sum(axis=1) / 0.35
-        score = np.where(self.success, score, np.inf)
-        return int(np.argmin(score))
+        """The most neutral frame for ``columns`` (:func:`most_neutral_frame`)."""
+        return most_neutral_frame(self.attrs, self.success, columns)
 
     def reference(self, columns: np.ndarray | None = None) -> np.ndarray:
         """(20,) the most neutral frame for ``columns`` (:meth:`reference_index`).
@@ -107,7 +115,7 @@ class AttributeTrack:
             return None
         t = np.asarray(times, np.float64)
         h = np.stack([np.interp(t, self.times, self.heads[:, d]) for d in range(3)], axis=1)
-        ref = self.heads[self.reference_index(np.arange(NUM_AUS, self.attrs.shape[1]))]
+        ref = self.heads[self.reference_index(region_columns("pose"))]
         k = source_size / max(float(ref[2]), 1e-6)
         return np.stack([(h[:, 0] - ref[0]) * k, (h[:, 1] - ref[1]) * k, h[:, 2] / max(float(ref[2]), 1e-6)], 1)
 

@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 
 from .attributes import AU_NAMES
-from .mesh_topology import EYE_CONTOURS, FACE_OVAL, INNER_LIP_UPPER, INNER_LIPS, IRIS_CENTRES, NUM_LANDMARKS
+from .mesh_topology import (EYE_CONTOURS, FACE_OVAL, INNER_LIP_UPPER, INNER_LIPS, IRIS_CENTRES, NUM_LANDMARKS,
+                            OUTER_LIPS)
 from .motion import head_frame
 
 #: The ways a frame can be rendered (``--renderer``): this module, or the ICface generator.
@@ -48,7 +49,6 @@ _FIXED0 = _HAIR0 + _N_OVAL
 _MOUTH_C = _FIXED0 + _N_OVAL
 NUM_VERTICES = _MOUTH_C + 1
 _AU45 = AU_NAMES.index("AU45")
-_OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,16 @@ def ring_points(landmarks: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def _affines(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per triangle, the 2x3 map taking ``dst`` triangle points to ``src`` ones, and dst's signed area.
+def _signed_areas(tri: np.ndarray) -> np.ndarray:
+    """(T,) signed areas (px^2) of (T, 3, 2) triangles; the sign is the vertex order's orientation."""
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    return (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) / 2.0
 
-    Convention: dst, src (T, 3, 2) pixels. returns (T, 2, 3) float64 and (T,) (degenerate
+
+def _affines(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Per triangle, the 2x3 map taking ``dst`` triangle points to ``src`` ones.
+
+    Convention: dst, src (T, 3, 2) pixels. returns (T, 2, 3) float64 (degenerate
     triangles get a zero map; the caller does not draw them).
     """
     e1, e2 = dst[:, 1] - dst[:, 0], dst[:, 2] - dst[:, 0]
@@ -163,7 +169,7 @@ def _affines(dst: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sm = np.stack([s1, s2], -1)  # (T, 2, 2): columns s1, s2
     lin = sm @ minv  # (T, 2, 2)
     off = src[:, 0] - np.einsum("tij,tj->ti", lin, dst[:, 0])
-    return np.concatenate([lin, off[..., None]], -1), det / 2.0
+    return np.concatenate([lin, off[..., None]], -1)
 
 
 class GeometryRenderer:
@@ -189,12 +195,14 @@ class GeometryRenderer:
         self.hair = ring_points(lm, config.hair_ring)
         self.fixed = ring_points(lm, config.fixed_ring)[:, :2]
         self.source_vertices = self.vertices(lm, self.hair)
+        self._source_tris = self.source_vertices[self.topology.triangles]  # (T, 3, 2)
+        self._source_areas = _signed_areas(self._source_tris)
         h, w = frame.shape[:2]
         x0, y0 = np.floor(self.fixed.min(0)).astype(int) - 1
         x1, y1 = np.ceil(self.fixed.max(0)).astype(int) + 2
         self.roi = (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
         self.source_opening = _polygon_area(lm[list(INNER_LIPS), :2])
-        lips = lm[list(_OUTER_LIPS), :2]
+        lips = lm[list(OUTER_LIPS), :2]
         self.lip_colour = _mean_colour(frame, lips)
         self.skin_colour = _mean_colour(frame, lm[[50, 280, 101, 330, 151, 9], :2])
 
@@ -237,10 +245,9 @@ class GeometryRenderer:
         mw, mh = int(np.ceil(rw / step)), int(np.ceil(rh / step))
         tris = topo.triangles
         dst = tv[tris]  # (T, 3, 2) frame pixels
-        src, mirrored, area_t = self._fetch_triangles(dst)
-        aff, _ = _affines(dst, src)
+        src, _, area_t = self._fetch_triangles(dst)
+        aff = _affines(dst, src)
         # Draw order: fixed strip, hair strip, then the face far to near.
-        depth = np.zeros(len(tris))
         zt = np.zeros(NUM_VERTICES)
         zt[:NUM_LANDMARKS] = tl[:, 2]
         zt[_HAIR0:_FIXED0] = np.asarray(target_hair)[:, 2]
@@ -292,13 +299,13 @@ class GeometryRenderer:
         self._draw_mouth(region, ids, step, tv, tl)
         return region, ids
 
-    def _grids(self, w: int, h: int, step: float, offset: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(h, w) float32 x and y of a grid with spacing ``step`` (from the ROI's corner in
-        frame pixels when ``offset``, else from 0), cached."""
-        key = (w, h, step, offset)
+    def _grids(self, w: int, h: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+        """(h, w) float32 frame-pixel x and y of the map's pixels (spacing ``step`` from the
+        ROI's corner), cached."""
+        key = (w, h, step)
         cache = self.__dict__.setdefault("_grid_cache", {})
         if key not in cache:
-            x0, y0 = self.roi[:2] if offset else (0, 0)
+            x0, y0 = self.roi[:2]
             gx = np.arange(w, dtype=np.float32) * np.float32(step) + np.float32(x0)
             gy = np.arange(h, dtype=np.float32) * np.float32(step) + np.float32(y0)
             cache[key] = (np.ascontiguousarray(np.broadcast_to(gx[None, :], (h, w))),
@@ -310,9 +317,8 @@ class GeometryRenderer:
         where the mirror triangle is used (hidden skin), (T,) target signed areas."""
         topo, cfg = self.topology, self.config
         tris = topo.triangles
-        src = self.source_vertices[tris]
-        _, area_t = _affines(dst, src)
-        _, area_s = _affines(src, src)
+        src = self._source_tris
+        area_t, area_s = _signed_areas(dst), self._source_areas
         face = topo.kind == KIND_FACE
         front = np.sign(np.median(area_t[face])) or 1.0
         at, as_ = area_t * front, area_s * front

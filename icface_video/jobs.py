@@ -19,6 +19,7 @@ import numpy as np
 from .align import landmark_params
 from .controls import Op, apply_ops
 from .driving import AttributeTrack, compose
+from .encode import frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .media import is_variable_rate, probe, rate_json, uniform_times
 from .memo import AnalysisCache, cached_track, driver_label
@@ -132,6 +133,11 @@ def plan_attributes(job: ReenactJob, resolution: int,
     if info.is_still and not job.driving and not job.parts:
         raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver); "
                          "use `icface-video animate` or `edit` for presets alone")
+    if not job.render.crop_only:  # frames the encoder cannot take are refused before any work
+        problem = frame_size_problem(output_format(job.output, job.render.encode.codec, job.render.encode.alpha),
+                                     info.width, info.height)
+        if problem:
+            raise InputError(job.source, problem)
 
     def analyse_source() -> SourceFrame | SourceClip:
         if info.is_still:
@@ -207,14 +213,6 @@ def run_reenact(job: ReenactJob, model, progress: Callable[[str, int, int], None
     """
     import time
 
-    from .encode import frame_size_problem, output_format
-
-    info = probe(job.source)
-    if not job.render.crop_only:  # refused before any work
-        problem = frame_size_problem(output_format(job.output, job.render.encode.codec, job.render.encode.alpha),
-                                     info.width, info.height)
-        if problem:
-            raise InputError(job.source, problem)
     start = time.perf_counter()
     plan = plan_attributes(job, model.resolution, progress, cache)
     analysis_seconds = time.perf_counter() - start

@@ -15,6 +15,9 @@ FACE_OVAL: tuple[int, ...] = (
     152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
 )
 
+# The outer lip line, in order around the mouth (FACEMESH_LIPS' outer contour).
+OUTER_LIPS: tuple[int, ...] = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+
 # The mouth opening, in order: the upper inner lip from the image-left corner (78) to the
 # image-right corner (308), then the lower inner lip back.
 INNER_LIP_UPPER: tuple[int, ...] = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)

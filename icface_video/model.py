@@ -133,6 +133,8 @@ class ReenactmentModel:
         self.eyelids = eyelids if generator.config.design == "fast" else None
         #: the motion model of the geometric renderer (``motion.json`` in the folder), or None.
         self.motion: MotionModel | None = None
+        #: the folder the model was loaded from (:meth:`load`), or None.
+        self.folder: Path | None = None
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -200,6 +202,7 @@ class ReenactmentModel:
         else:
             lids = EyelidConfig.load(eyelids)
         model = cls(generator.to(device), meta, lids)
+        model.folder = folder
         if (folder / MOTION_NAME).is_file():
             model.motion = MotionModel.load(folder)
         return model

@@ -47,7 +47,7 @@ def head_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The head's centre and scale from its rigid landmarks.
 
     Convention:
-        landmarks: (..., 478, 3) frame pixels.
+        landmarks: (..., 478 + K, 3) frame pixels (only the rigid ones among the first 478 count).
         returns: centre (..., 3) pixels and scale (...,) pixels (RMS distance of the rigid
         landmarks from their mean, in 3D, so it does not shrink when the head turns).
     """
@@ -155,9 +155,8 @@ class MotionModel:
             raise ValueError(f"source_landmarks: expected shape ({NUM_LANDMARKS} + K, 3), got {src.shape}")
         if ta.shape[1:] != (NUM_ATTRS,):
             raise ValueError(f"target_attrs: expected shape (B, {NUM_ATTRS}), got {ta.shape}")
-        c, s = head_frame(src[:NUM_LANDMARKS])
-        r0 = euler_to_rotation(sa[NUM_AUS:])
-        p = np.repeat(((src - c) @ r0 / s)[None], len(ta), axis=0)  # canonical shape (B, 478 + K, 3)
+        c, s = head_frame(src)
+        p = np.repeat(canonical_shape(src, sa[NUM_AUS:])[None], len(ta), axis=0)  # (B, 478 + K, 3)
         p[:, :NUM_LANDMARKS] += self.expression_offsets(sa[:NUM_AUS], ta[:, :NUM_AUS])
         r = euler_to_rotation(ta[:, NUM_AUS:])  # (B, 3, 3)
         ct = np.broadcast_to(c, (len(ta), 3)).copy()

@@ -27,12 +27,7 @@ import numpy as np
 import torch
 
 from .align import invert_matrix, transform_points
-
-# MediaPipe face-mesh silhouette, in order around the face (FACEMESH_FACE_OVAL).
-FACE_OVAL: tuple[int, ...] = (
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
-)
+from .mesh_topology import FACE_OVAL
 
 
 # Fetch areas above this many pixels are sampled from the uint8 frame with OpenCV instead of
@@ -57,6 +52,14 @@ class PasteConfig:
     color_match: bool = False
 
 
+def grown_oval(landmarks: np.ndarray, grow: float) -> np.ndarray:
+    """(36, 2) float64 the face oval pushed out from its mean by ``grow`` of its size
+    (same pixel units as ``landmarks``, (478, 2+))."""
+    pts = np.asarray(landmarks, np.float64)[list(FACE_OVAL), :2]
+    centre = pts.mean(axis=0)
+    return centre + (pts - centre) * (1.0 + grow)
+
+
 def face_mask(landmarks: np.ndarray, size: int, config: PasteConfig = PasteConfig()) -> np.ndarray:
     """Feathered face-oval mask in crop coordinates.
 
@@ -65,9 +68,7 @@ def face_mask(landmarks: np.ndarray, size: int, config: PasteConfig = PasteConfi
         size: crop side in pixels.
         returns: (size, size) float32 in 0..1 (1 inside the grown oval).
     """
-    pts = np.asarray(landmarks, np.float64)[list(FACE_OVAL), :2]
-    centre = pts.mean(axis=0)
-    grown = centre + (pts - centre) * (1.0 + config.grow)
+    grown = grown_oval(landmarks, config.grow)
     mask = np.zeros((size, size), np.float32)
     cv2.fillPoly(mask, [np.round(grown * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
     sigma = max(config.feather * size, 0.5)

@@ -84,9 +84,9 @@ def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
     if options.renderer != "geometry":
         return None
     if getattr(model, "motion", None) is None:
-        folder = getattr(model, "meta", {}).get("folder", "the model folder")
-        raise InputError(folder, "no motion model (motion.json) for the geometry renderer; "
-                                 "use --renderer network or run python -m train.fit_motion")
+        raise InputError(getattr(model, "folder", None) or "model folder",
+                         "no motion model (motion.json) for the geometry renderer; "
+                         "use --renderer network or run python -m train.fit_motion")
     return GeometryStage(model.motion, options.geometry, getattr(model, "eyelids", None))
 
 

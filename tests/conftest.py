@@ -155,6 +155,31 @@ def plumbing_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def media(faces_root: Path) -> dict:
+    """Short real inputs shared by the pipeline tests."""
+    d = faces_root
+    return {
+        "photo": d / "LIA/data/vox/macron.png",                                  # 256x256
+        "grid": d / "LipNet_GRID/evaluation/samples/GRID/bbaf2n.mpg",            # 75 frames, 25 fps, audio
+        "short": d / "LivePortrait/assets/examples/driving/d1.mp4",              # 16 frames, 30 fps, audio
+        "clip": d / "LivePortrait/assets/examples/driving/d2.mp4",               # 16 frames, 30 fps
+        "ntsc": d / "V-Express/test_samples/short_case/AOC/gt.mp4",              # 137 frames, 30000/1001, audio
+    }
+
+
+def frame_png(video: Path, index: int, out: Path) -> Path:
+    """Frame ``index`` (0-based) of ``video`` written as the PNG ``out``; returns ``out``."""
+    import av
+
+    with av.open(str(video)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i == index:
+                f.to_image().save(out)
+                return out
+    raise AssertionError(f"{video} has no frame {index}")
+
+
 def video_facts(path: Path) -> dict:
     """Decoded frame count, frame rate, size and audio presence of a video file (PyAV)."""
     import av

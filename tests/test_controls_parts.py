@@ -17,6 +17,7 @@ from icface_video.controls import attr_index
 from icface_video.driving import AttributeTrack, compose, load_track, region_columns
 from icface_video.errors import InputError
 from icface_video.keyframes import load_keyframes
+from conftest import frame_png
 
 AU17, AU23, AU25, AU26, AU01, YAW = (attr_index(n) for n in ("AU17", "AU23", "AU25", "AU26", "AU01", "yaw"))
 DRIVING = "LivePortrait/assets/examples/driving"
@@ -27,15 +28,6 @@ def _track(values: np.ndarray, fps: float = 25.0) -> AttributeTrack:
     return AttributeTrack("drv", np.arange(n) / fps, values.astype(np.float32), np.ones(n, bool), fps)
 
 
-def _frame_png(video: Path, index: int, out: Path) -> Path:
-    import av
-
-    with av.open(str(video)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i == index:
-                f.to_image().save(out)
-                return out
-    raise AssertionError(f"{video} has no frame {index}")
 
 
 def test_each_part_driver_has_its_own_reference():
@@ -74,7 +66,7 @@ def test_mouth_part_driver_opens_the_output_mouth(run_cli, faces_root, tmp_path)
     """--pose-from one person, --mouth-from another's CSV: the output's AU25/AU26 move by at
     least 60% of the driver's change (the whole-face reference of before gave 5% on a
     source resting with pressed lips)."""
-    source = _frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4", 73,
+    source = frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4", 73,
                         tmp_path / "w009_closed.png")  # a closed mouth (AU25 0.02)
     mouth_csv = tmp_path / "mouth.csv"
     code, _, err = run_cli(["extract", faces_root / DRIVING / "d11.mp4", "--max-frames", "80", "-o", mouth_csv, "-q"])
@@ -144,7 +136,7 @@ def test_animate_smile_keyed_later_starts_from_the_source(run_cli, faces_root, t
     own mouth (re-extracted AU12 close to the photo's), the last one smiles."""
     from icface_video.csvio import read_attributes_csv
 
-    photo = _frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4", 73,
+    photo = frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4", 73,
                        tmp_path / "w009.png")
     keys = tmp_path / "k.toml"
     keys.write_text('[[key]]\ntime = 0\nyaw = 0\n[[key]]\ntime = 1.0\nAU12 = 5\nAU06 = 3\n')
@@ -171,7 +163,7 @@ def test_second_face_of_a_group_photo_driven_by_a_one_face_clip(run_cli, plumbin
 
     from icface_video.face import FaceAnalyzer
 
-    photo = _frame_png(faces_root / TWO_PEOPLE, 0, tmp_path / "group.png")
+    photo = frame_png(faces_root / TWO_PEOPLE, 0, tmp_path / "group.png")
     driver = faces_root / DRIVING / "d1.mp4"
     rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     boxes = []

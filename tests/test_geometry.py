@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face
-from icface_video.geo_render import KIND_FACE, KIND_MOUTH, GeometryRenderer, GeometryStage
+from icface_video.driving import most_neutral_frame
+from icface_video.geo_render import KIND_FACE, KIND_MOUTH, GeometryStage
 from icface_video.model import WEIGHTS_DIR
 from icface_video.motion import MotionModel, head_frame
+
+from conftest import frame_png
 
 AU25, AU26, YAW = AU_NAMES.index("AU25"), AU_NAMES.index("AU26"), NUM_AUS + 1
 TURN_CLIP = "PC-AVS/misc/Audio_Source/741400104.mp4"  # test split, head turns over 47 degrees of yaw
@@ -65,7 +68,7 @@ def test_predicted_landmarks_beat_no_motion(motion: MotionModel, clip, request) 
     """Real test-split pairs (source = the most neutral frame): the model's landmarks are
     much closer to the real target's than the source's own landmarks are."""
     frames, lms, attrs = request.getfixturevalue(clip)
-    s = int(np.argmin(attrs[:, :NUM_AUS].sum(1) / 5 + np.abs(attrs[:, NUM_AUS:]).sum(1) / 0.35))
+    s = most_neutral_frame(attrs, np.ones(len(attrs), bool))
     cs, ss = head_frame(lms[s])
     ct, st = head_frame(lms)
     placement = np.concatenate([ct[:, :2] - cs[:2], (st / ss)[:, None]], 1)
@@ -183,11 +186,8 @@ def test_cli_reenact_follows_a_real_head_turn(run_cli, faces_root, workdir) -> N
 
     from icface_video.media import iter_frames
 
-    photo = workdir / "source.png"
-    frame = next(iter_frames(faces_root / NEUTRAL, max_frames=1)).rgb
-    import cv2
-
-    cv2.imwrite(str(photo), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    photo = frame_png(faces_root / NEUTRAL, 0, workdir / "source.png")
+    frame = next(iter_frames(photo)).rgb
     out = workdir / "turn.mp4"
     r = run_cli(["reenact", "-s", photo, "-d", faces_root / TURN_CLIP, "-o", out, "--duration", "6", "--quiet"])
     assert r.exit_code == 0, r.stderr

@@ -17,6 +17,7 @@ import torch
 
 from icface_video.attributes import AU_NAMES, NUM_AUS, to_scale
 from icface_video.track import analyze_media
+from conftest import frame_png
 
 AU = {name: i for i, name in enumerate(AU_NAMES)}
 YAW = NUM_AUS + 1
@@ -34,15 +35,6 @@ def model(model_dir):
     return ReenactmentModel.load(model_dir)
 
 
-def _frame_png(video: Path, index: int, out: Path) -> Path:
-    import av
-
-    with av.open(str(video)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i == index:
-                f.to_image().save(out)
-                return out
-    raise AssertionError(f"{video} has no frame {index}")
 
 
 def _model_args(model_dir):
@@ -52,7 +44,7 @@ def _model_args(model_dir):
 @pytest.fixture(scope="module")
 def neutral_photo(faces_root, tmp_path_factory) -> Path:
     clip = faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4"
-    return _frame_png(clip, 0, tmp_path_factory.mktemp("src") / "w009_neutral.png")
+    return frame_png(clip, 0, tmp_path_factory.mktemp("src") / "w009_neutral.png")
 
 
 def test_shipped_model_renders_and_control_works(model, neutral_photo, tmp_path):
@@ -88,7 +80,7 @@ def test_smile_preset_raises_au12_neutral_lowers_it(run_cli, model_dir, neutral_
     assert r.exit_code == 0, r.stderr
     before, after = _au(neutral_photo), _au(smiled)
     assert after[AU["AU12"]] > before[AU["AU12"]] + 0.5, (before[AU["AU12"]], after[AU["AU12"]])
-    happy = _frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_happy_level3_001.mp4", 60,
+    happy = frame_png(faces_root / "dreamtalk/data/style_clip/video/W009_front_happy_level3_001.mp4", 60,
                        tmp_path / "happy.png")
     relaxed = tmp_path / "relaxed.png"
     r = run_cli(["edit", "-s", happy, "--preset", "neutral", "-o", relaxed, *_model_args(model_dir)])
@@ -139,7 +131,7 @@ def test_detail_paste_is_sharper_and_keeps_the_edit(run_cli, model_dir, faces_ro
     from the face."""
     import cv2
 
-    photo = _frame_png(faces_root / "SadTalker/test/examples/source_image/RD_Radio34_000.mp4", 0,
+    photo = frame_png(faces_root / "SadTalker/test/examples/source_image/RD_Radio34_000.mp4", 0,
                        tmp_path / "radio.png")  # 512x512, face about 300 px
     outs = {}
     for name, extra in (("sharp", ["--renderer", "network"]), ("plain", ["--renderer", "network", "--no-detail"])):

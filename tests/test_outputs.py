@@ -27,14 +27,6 @@ NTSC = Fraction(30000, 1001)
 BT709, LIMITED = 1, 1
 
 
-@pytest.fixture(scope="module")
-def media(faces_root: Path) -> dict:
-    d = faces_root
-    return {
-        "photo": d / "LIA/data/vox/macron.png",                                  # 256x256
-        "ntsc": d / "V-Express/test_samples/short_case/AOC/gt.mp4",              # 137 frames, 30000/1001, audio
-        "short": d / "LivePortrait/assets/examples/driving/d1.mp4",              # 16 frames, 30 fps, audio
-    }
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,6 @@ from conftest import video_facts
 FAST = ["--x264-preset", "ultrafast", "--batch-size", "16"]
 
 
-@pytest.fixture(scope="module")
-def media(faces_root: Path) -> dict:
-    d = faces_root
-    return {
-        "photo": d / "LIA/data/vox/macron.png",                                 # 256x256
-        "grid": d / "LipNet_GRID/evaluation/samples/GRID/bbaf2n.mpg",           # 75 frames, 25 fps, audio
-        "short": d / "LivePortrait/assets/examples/driving/d1.mp4",             # 16 frames, 30 fps, no audio
-        "clip": d / "LivePortrait/assets/examples/driving/d2.mp4",              # 16 frames, 30 fps
-    }
 
 
 def no_leftovers(folder: Path) -> bool:

@@ -26,14 +26,6 @@ FAST = ["--x264-preset", "ultrafast", "--batch-size", "16"]
 SCRIPT = str(Path(sys.executable).parent / "icface-video")
 
 
-@pytest.fixture(scope="module")
-def media(faces_root: Path) -> dict:
-    d = faces_root
-    return {
-        "photo": d / "LIA/data/vox/macron.png",                                 # 256x256
-        "grid": d / "LipNet_GRID/evaluation/samples/GRID/bbaf2n.mpg",           # 75 frames, 25 fps, audio
-        "short": d / "LivePortrait/assets/examples/driving/d1.mp4",             # 16 frames, 30 fps
-    }
 
 
 def one_error_line(r, code: int, *needles: str) -> str:

@@ -50,8 +50,8 @@ import numpy as np
 
 from icface_video.align import landmark_params
 from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face
-from icface_video.mesh_topology import FACE_OVAL
-from icface_video.motion import head_frame
+from icface_video.driving import most_neutral_frame
+from icface_video.paste import grown_oval
 from train.evaluate import IdentityEmbedder, pose_error_deg
 from train.face_tracks import ClipTrack, load_tracks
 
@@ -63,9 +63,7 @@ def face_region(size: tuple[int, int], *landmark_sets: np.ndarray, grow: float =
     """(H, W) bool: the union of the face ovals of these (478, 2+) landmark sets, grown by ``grow``."""
     mask = np.zeros(size, np.uint8)
     for lm in landmark_sets:
-        pts = np.asarray(lm, np.float64)[list(FACE_OVAL), :2]
-        c = pts.mean(0)
-        cv2.fillPoly(mask, [np.round((c + (pts - c) * (1 + grow)) * 4).astype(np.int32)], 1, shift=2)
+        cv2.fillPoly(mask, [np.round(grown_oval(lm, grow) * 4).astype(np.int32)], 1, shift=2)
     return mask.astype(bool)
 
 
@@ -153,9 +151,8 @@ def _identity(emb: IdentityEmbedder, a: np.ndarray, la: np.ndarray, b: np.ndarra
 
 
 def neutral_index(track: ClipTrack) -> int:
-    ok = np.nonzero(track.success)[0]
-    a = track.attrs[ok]
-    return int(ok[np.argmin(a[:, :NUM_AUS].sum(1) / 5.0 + np.abs(a[:, NUM_AUS:]).sum(1) / 0.35)])
+    """The clip's most neutral frame (as relative driving picks a driver's reference)."""
+    return most_neutral_frame(track.attrs, track.success)
 
 
 def self_pairs(track: ClipTrack, count: int) -> tuple[int, np.ndarray]:

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from icface_video.attributes import AU_NAMES, NUM_AUS
-from icface_video.mesh_topology import EYE_CONTOURS, INNER_LIPS, NUM_LANDMARKS, NUM_MESH
+from icface_video.driving import most_neutral_frame
+from icface_video.mesh_topology import EYE_CONTOURS, INNER_LIPS, NUM_LANDMARKS, NUM_MESH, OUTER_LIPS
 from icface_video.motion import MotionModel, canonical_shape, head_frame, hinge_features
 from train.face_tracks import ClipTrack, load_tracks
 
@@ -41,8 +42,7 @@ from train.face_tracks import ClipTrack, load_tracks
 # piecewise-linear curve (AU12 tops out near 2). The model converts its v2 inputs to v1.
 FIT_SCALE = "v1"
 
-MOUTH = np.array(sorted(set(INNER_LIPS) | {61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0,
-                                           37, 39, 40, 185}))
+MOUTH = np.array(sorted(set(INNER_LIPS) | set(OUTER_LIPS)))
 EYES = np.array(sorted(set(EYE_CONTOURS[0]) | set(EYE_CONTOURS[1])))
 
 
@@ -99,8 +99,7 @@ def evaluate(model: MotionModel, tracks: list[ClipTrack], every: int = 5) -> dic
         if len(ok) < 10:
             continue
         attrs = t.attrs
-        score = attrs[ok, :NUM_AUS].sum(1) / 5.0 + np.abs(attrs[ok, NUM_AUS:]).sum(1) / 0.35
-        s = ok[int(np.argmin(score))]
+        s = most_neutral_frame(attrs, t.success)
         targets = ok[::every]
         src = t.landmarks[s].astype(np.float64)
         cs, ss = head_frame(src)
@@ -151,7 +150,7 @@ def calibrate_gain(model: MotionModel, tracks: list[ClipTrack], gains: tuple[flo
         for t in chosen:
             ok = np.nonzero(t.success)[0]
             a = t.attrs
-            s = ok[int(np.argmin(a[ok, :NUM_AUS].sum(1) / 5 + np.abs(a[ok, NUM_AUS:]).sum(1) / 0.35))]
+            s = most_neutral_frame(a, t.success)
             change = np.abs(a[ok, :NUM_AUS] - a[s, :NUM_AUS]).sum(1)
             tg = ok[np.argsort(-change)[:targets]]
             frames = read_frames(t.path, np.concatenate([[s], tg]))

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from icface_video.attributes import NUM_ATTRS
+from icface_video.mesh_topology import OUTER_LIPS
 
-LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+LIPS = OUTER_LIPS
 LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 
