@@ -22,6 +22,7 @@ import click
 from . import __version__
 from .controls import MAX_SECONDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
+from .runtime import on_sigterm, reset_termination, termination_requested
 from .smoothing import SMOOTH_METHODS, SmoothConfig
 
 # -- shared options ---------------------------------------------------------------
@@ -745,19 +746,6 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process ended by SIGTERM
 
 
-class _Terminated(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM, so that the run unwinds as for Ctrl-C: temporary
-    files are deleted, ffmpeg and batch workers are stopped."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    _terminated[0] = True
-    raise _Terminated()
-
-
-_terminated = [False]
-
-
 def ensure_std_streams() -> None:
     """Give closed standard streams (``2>&-``, ``>&-``, ``<&-``) a ``/dev/null`` to use.
 
@@ -787,8 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_std_streams()
     previous = None
     if threading.current_thread() is threading.main_thread():
-        _terminated[0] = False
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        reset_termination()
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return _main(argv)
     finally:
@@ -808,7 +796,7 @@ def _main(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
-        if _terminated[0]:
+        if termination_requested():
             click.echo(f"{prog}: error: terminated (SIGTERM)", err=True)
             return EXIT_TERMINATED
         click.echo(f"{prog}: error: interrupted", err=True)
@@ -821,7 +809,7 @@ def _main(argv: list[str] | None) -> int:
         click.echo(f"{prog}: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        if _terminated[0]:
+        if termination_requested():
             click.echo(f"{prog}: error: terminated (SIGTERM)", err=True)
             return EXIT_TERMINATED
         click.echo(f"{prog}: error: interrupted", err=True)

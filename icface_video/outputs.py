@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import IcfaceError, OutputError
+from .runtime import raise_if_terminated
 
 # Temporary files being written by this process (removed by :func:`remove_live_temps`
 # when the process is told to stop: a batch worker whose parent died).
@@ -101,6 +102,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputError(final, "nothing was written")
+        raise_if_terminated()  # a SIGTERM swallowed on the way must not publish the file
         os.replace(tmp, final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -180,6 +182,7 @@ def _atomic_sequence(final: Path, overwrite: bool) -> Iterator[Path]:
             for old in sequence_files(final):
                 if old.name not in new:
                     old.unlink()
+        raise_if_terminated()
         for f in written:
             os.replace(f, parent / f.name)
         tmp_dir.rmdir()

@@ -35,6 +35,7 @@ from .geo_render import RENDERERS, GeometryConfig, GeometryStage, ring_points
 from .media import exact_rate, iter_frames
 from .outputs import atomic_output, is_sequence, sequence_stem
 from .paste import PasteBack, PasteConfig, face_mask
+from .runtime import raise_if_terminated
 from .smoothing import fill_missing
 from .track import FaceTrack, analyze_media
 
@@ -495,6 +496,7 @@ def render_video(model, source: SourceFrame | SourceClip, attrs: np.ndarray, tim
                     stages["encode"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(b1, n)
+                    raise_if_terminated()
         ok = True
     finally:
         if preview is not None:

@@ -1,4 +1,5 @@
-"""Process-wide run-time settings: how the C allocator treats large blocks.
+"""Process-wide run-time settings: how the C allocator treats large blocks, and whether
+the run was told to stop (SIGTERM).
 
 The render loop allocates and frees tensors of several MB per batch of frames (the
 generator's activations, the paste-back fields of a 400x400 face region, the frames
@@ -21,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, <malloc.h>
@@ -75,3 +77,42 @@ def tune_allocator(config: AllocatorConfig = AllocatorConfig()) -> bool:
     if ok:
         _applied = config
     return ok
+
+
+# -- termination ----------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that the run unwinds as for Ctrl-C: temporary
+    files are deleted, ffmpeg and batch workers are stopped."""
+
+
+_termination = threading.Event()
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM handler: remember the request and raise :class:`Terminated` where the main
+    thread is.
+
+    The raise can land where Python swallows exceptions (a finaliser, a callback from C),
+    so the request is also kept: :func:`raise_if_terminated` raises it again at the next
+    check (each rendered batch, and before a finished output takes its final name).
+    """
+    _termination.set()
+    raise Terminated()
+
+
+def reset_termination() -> None:
+    """Forget an earlier SIGTERM (a new CLI run in the same process starts clean)."""
+    _termination.clear()
+
+
+def termination_requested() -> bool:
+    """True once SIGTERM arrived in this run."""
+    return _termination.is_set()
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if SIGTERM arrived (called at safe points of long work)."""
+    if _termination.is_set():
+        raise Terminated()

@@ -167,8 +167,10 @@ def test_sigterm_to_reenact_unwinds_like_ctrl_c(plumbing_model, media, workdir):
     try:
         assert wait_until(lambda: any(".part" in p.name for p in workdir.iterdir()), 120, 0.02)
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143
-        assert proc.stderr.read().strip().splitlines()[-1] == "icface-video: error: terminated (SIGTERM)"
+        code = proc.wait(timeout=30)
+        err = proc.stderr.read()
+        assert code == 143, err
+        assert err.strip().splitlines()[-1] == "icface-video: error: terminated (SIGTERM)"
         assert wait_until(lambda: not session_pids(proc.pid), 10)  # its ffmpeg too
         assert list(workdir.iterdir()) == []
     finally:
@@ -401,3 +403,24 @@ def test_resume_json_prints_skipped_jobs(run_cli, plumbing_model, media, workdir
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [(e["row"], Path(e["output"]).name, e["status"]) for e in lines] == [(2, "j0.mp4", "skipped"),
                                                                                  (3, "j1.mp4", "skipped")]
+
+
+def test_sigterm_swallowed_on_the_way_still_keeps_the_final_name_free(tmp_path):
+    """A SIGTERM whose exception Python swallowed (raised inside a finaliser or a callback
+    from C) is raised again before the finished output is renamed."""
+    import contextlib
+
+    from icface_video import runtime
+    from icface_video.outputs import atomic_output
+
+    final = tmp_path / "out.mp4"
+    runtime.reset_termination()
+    try:
+        with pytest.raises(runtime.Terminated):
+            with atomic_output(final, False) as tmp:
+                tmp.write_bytes(b"frames")
+                with contextlib.suppress(KeyboardInterrupt):
+                    runtime.on_sigterm(signal.SIGTERM, None)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        runtime.reset_termination()
