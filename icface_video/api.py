@@ -22,7 +22,6 @@ written. All are :class:`IcfaceError`; no other exception is raised for bad inpu
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,9 +29,11 @@ import numpy as np
 
 from .attributes import NUM_ATTRS, NUM_AUS
 from .errors import InputError, UsageError
+from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
-# reenact()'s options: every job-file field of `batch` (the same checks apply), plus these.
-EXTRA_OPTIONS = ("model", "device", "eyelids", "overwrite")
+# reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
+# (the options' CLI-only ones that a call can take).
+EXTRA_OPTIONS = ("model", "device", "overwrite")
 
 
 def load_model(model: str | os.PathLike | None = None, device: str = "auto", eyelids: bool = True):
@@ -66,14 +67,6 @@ def _model_of(model, device: str = "auto", eyelids: bool = True):
     return load_model(model, device, eyelids)
 
 
-def _face_option(name: str, value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= 64:
-        raise UsageError(f"{name}: expected a face index within 0..64, got {value!r}")
-    return int(value)
-
-
 def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
             output: str | os.PathLike | None = None, **options) -> dict:
     """Run one reenactment job, as ``icface-video reenact`` does; returns its ``--json`` summary.
@@ -87,8 +80,11 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
             or a list of them), ``smooth``, ``smooth_strength``, ``face_index``,
             ``source_face``, ``driver_face``, ``crop_only``, ``color_match``, ``crf``,
             ``x264_preset``, ``no_audio``, ``preview``, ``batch_size``, ``detail``,
-            ``eyelids``, ``overwrite`` (default False), ``model`` (a folder, or a model from
-            :func:`load_model`, so many calls share one loaded model) and ``device``.
+            ``eyelids``, ``codec``, ``alpha``, ``start``, ``duration``, ``renderer``
+            (:data:`icface_video.options.BATCH_FIELDS`, defaults and ranges in
+            :class:`icface_video.options.ReenactOptions`), ``overwrite`` (default False),
+            ``model`` (a folder, or a model from :func:`load_model`, so many calls share one
+            loaded model) and ``device``.
 
     Returns:
         dict: output, frames, fps, width, height, audio, seconds, stage_seconds,
@@ -103,18 +99,18 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
 
     if output is None:
         raise UsageError("output: the video to write is required")
-    unknown = sorted(set(options) - set(B.FIELDS) - set(EXTRA_OPTIONS) - {"preset", "set"})
+    unknown = sorted(set(options) - set(BATCH_FIELDS) - set(EXTRA_OPTIONS))
     fixed = sorted(set(options) & {"source", "driving", "output"})
     if unknown or fixed:
         raise UsageError(f"unknown option(s) {', '.join(unknown + fixed)} "
-                         f"(expected {', '.join(sorted((set(B.FIELDS) | set(EXTRA_OPTIONS)) - {'source', 'driving', 'output'}))})")
+                         f"(expected {', '.join(sorted((set(BATCH_FIELDS) | set(EXTRA_OPTIONS)) - {'source', 'driving', 'output'}))})")
     for name, value in (("source", source), ("driving", driving), ("output", output)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise UsageError(f"{name}: expected a path, got {type(value).__name__}")
     overwrite = options.pop("overwrite", False)
     if not isinstance(overwrite, bool):
         raise UsageError(f"overwrite: expected True or False, got {overwrite!r}")
-    model, device, eyelids = options.pop("model", None), options.pop("device", "auto"), options.pop("eyelids", True)
+    model, device = options.pop("model", None), options.pop("device", DEFAULTS.device)
     out = str(Path(output).expanduser().resolve())
     check_output(out, overwrite)
     row = {k: v for k, v in options.items() if v is not None}
@@ -128,12 +124,11 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
     if problems:
         first = problems[0]
         message = "; ".join(f"{p.field}: {p.reason}" for p in problems)
-        if first.field in ("source", "driving", *B.PART_FIELDS, "preset"):
+        if first.field in ("source", "driving", *PART_FIELDS, "preset"):
             raise InputError(row.get(first.field, first.field), message)
         raise UsageError(message)
-    job = B.to_reenact_job(specs[0])
-    job.render = replace(job.render, overwrite=overwrite)
-    return run_reenact(job, _model_of(model, device, eyelids), cache=AnalysisCache())
+    job = B.to_reenact_job(specs[0], overwrite)
+    return run_reenact(job, _model_of(model, device, job.eyelids), cache=AnalysisCache())
 
 
 def _check_rgb(name: str, rgb) -> np.ndarray:
@@ -165,18 +160,17 @@ class Reenactor:
         UsageError: bad argument. InputError: no face in ``source``.
     """
 
-    def __init__(self, source: np.ndarray, model=None, *, device: str = "auto", eyelids: bool = True,
-                 face_index: int = 0, detail: bool = True, color_match: bool = False, batch_size: int = 8) -> None:
+    def __init__(self, source: np.ndarray, model=None, *, device: str = DEFAULTS.device,
+                 eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index, detail: bool = DEFAULTS.detail,
+                 color_match: bool = DEFAULTS.color_match, batch_size: int = DEFAULTS.batch_size) -> None:
         from .paste import PasteBack, PasteConfig
         from .reenact import encode_sources, still_from_rgb
 
         rgb = _check_rgb("source", source)
-        index = _face_option("face_index", face_index)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 256:
-            raise UsageError(f"batch_size: expected 1..256, got {batch_size!r}")
+        index = check_option("face_index", face_index)
+        self.batch_size = check_option("batch_size", batch_size)
         self.model = _model_of(model, device, eyelids)
         self.detail = bool(detail)
-        self.batch_size = int(batch_size)
         self._still = still_from_rgb(rgb.copy(), self.model.resolution, index, "source")
         self._cache = encode_sources(self.model, [self._still])
         self._paster = PasteBack(rgb.shape[:2], self._still.matrix, self._still.landmarks, self.model.resolution,
@@ -228,8 +222,8 @@ class Reenactor:
                 out.append(paste_render(self._paster, self._still.rgb, parts, self._still.crop, self.detail))
         return np.concatenate(out)
 
-    def measure(self, frames: Sequence[np.ndarray], fps: float = 25.0, face_index: int = 0,
-                smooth: str = "gaussian", smooth_strength: float = 1.0):
+    def measure(self, frames: Sequence[np.ndarray], fps: float = 25.0, face_index: int = DEFAULTS.face_index,
+                smooth: str = DEFAULTS.smooth, smooth_strength: float = DEFAULTS.smooth_strength):
         """Measure a driver's frames held in memory (the face followed through them).
 
         Returns:
@@ -240,7 +234,7 @@ class Reenactor:
         """
         from .driving import AttributeTrack
         from .media import Frame, MediaInfo
-        from .smoothing import SMOOTH_METHODS, SmoothConfig
+        from .smoothing import SmoothConfig
         from .track import analyze_frames
 
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
@@ -250,21 +244,17 @@ class Reenactor:
         pictures = [_check_rgb(f"frames[{i}]", f) for i, f in enumerate(frames)]
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 1 <= fps <= 240:
             raise UsageError(f"fps: expected 1..240, got {fps!r}")
-        if smooth not in SMOOTH_METHODS:
-            raise UsageError(f"smooth: expected one of {', '.join(SMOOTH_METHODS)}, got {smooth!r}")
-        if isinstance(smooth_strength, bool) or not isinstance(smooth_strength, (int, float)) \
-                or not 0.001 <= smooth_strength <= 100:
-            raise UsageError(f"smooth_strength: expected a number within 0.001..100, got {smooth_strength!r}")
-        index = _face_option("face_index", face_index)
+        smooth, smooth_strength = check_option("smooth", smooth), check_option("smooth_strength", smooth_strength)
+        index = check_option("face_index", face_index)
         h, w = pictures[0].shape[:2]
         info = MediaInfo("frames", len(pictures) == 1, w, h, float(fps), len(pictures), len(pictures) / fps, 0, False)
         track = analyze_frames((Frame(i, i / fps, p) for i, p in enumerate(pictures)), info, face_index=index)
-        return AttributeTrack("frames", track.times, track.attributes(SmoothConfig(smooth, float(smooth_strength))),
+        return AttributeTrack("frames", track.times, track.attributes(SmoothConfig(smooth, smooth_strength)),
                               track.success, float(fps))
 
-    def drive(self, frames: Sequence[np.ndarray], mode: str = "full", relative: bool = True, fps: float = 25.0,
-              face_index: int = 0, smooth: str = "gaussian", smooth_strength: float = 1.0,
-              crop_only: bool = False) -> np.ndarray:
+    def drive(self, frames: Sequence[np.ndarray], mode: str = DEFAULTS.mode, relative: bool = True,
+              fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: str = DEFAULTS.smooth,
+              smooth_strength: float = DEFAULTS.smooth_strength, crop_only: bool = False) -> np.ndarray:
         """Reenact the source with a driver's frames held in memory (any size; faces found in them).
 
         Args:
@@ -277,10 +267,9 @@ class Reenactor:
         Returns:
             (N, H, W, 3) uint8 RGB, the source's size (or crops with ``crop_only``).
         """
-        from .driving import MODES, compose
+        from .driving import compose
 
-        if mode not in MODES:
-            raise UsageError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        check_option("mode", mode)
         if not isinstance(relative, bool):
             raise UsageError(f"relative: expected True or False, got {relative!r}")
         track = self.measure(frames, fps, face_index, smooth, smooth_strength)

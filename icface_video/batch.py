@@ -1,9 +1,11 @@
 """``icface-video batch``: many reenactment jobs, validated first, parallel, resumable, shardable.
 
 Job file formats (one job per row / line / table): CSV with a header, JSONL, or TOML with
-``[[job]]`` tables. Fields (``FIELDS``) are ``reenact``'s options: ``source``, ``driving``,
-``output``, ``preset`` and ``set`` (several separated by ``;`` in CSV, or lists), ``mode``,
-``relative``, part drivers ``pose_from`` ... ``brows_from``, smoothing, render options.
+``[[job]]`` tables. Fields (``FIELDS``) are ``reenact``'s options, defined once in
+:mod:`icface_video.options` (:data:`~icface_video.options.BATCH_FIELDS`): ``source``,
+``driving``, ``output``, ``preset`` and ``set`` (several separated by ``;`` in CSV, or
+lists), ``mode``, ``relative``, part drivers ``pose_from`` ... ``brows_from``, smoothing,
+render and encoding options, ``eyelids``, face options.
 Relative input paths resolve against the job file's folder; relative outputs against
 OUTDIR; a job without ``output`` gets a deterministic name from its inputs and options.
 
@@ -41,20 +43,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .controls import parse_set
-from .driving import MODES
-from .encode import CODECS, output_format
-from .geo_render import RENDERERS
+from .encode import output_format
 from .errors import IcfaceError, InputError, UsageError
-from .smoothing import SMOOTH_METHODS
+from .options import BATCH_FIELDS as FIELDS, DEFAULTS, PART_FIELDS, ReenactOptions, option_spec, parse_value
 
 EXIT_SOME_FAILED = 4
-
-PART_FIELDS = ("pose_from", "expression_from", "eyes_from", "mouth_from", "brows_from")
-FIELDS = ("source", "driving", "output", "preset", "set", "mode", "relative", *PART_FIELDS,
-          "smooth", "smooth_strength", "face_index", "source_face", "driver_face", "crop_only", "color_match", "crf",
-          "x264_preset", "no_audio", "preview", "batch_size", "detail", "codec", "alpha", "start", "duration",
-          "renderer")
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+#: the input files of a job (resolved against the job file's folder, probed), and the fields
+#: whose values ``validate`` types and checks by their options' specs alone.
+_PATH_FIELDS = tuple(k for k in FIELDS if option_spec(k).kind == "path")
+_PLAIN_FIELDS = tuple(k for k in FIELDS if option_spec(k).kind in ("choice", "int", "float", "bool"))
 STATE_DIR = ".icface-batch"
 REPORT_NAME = "report.json"
 
@@ -171,25 +168,6 @@ def _parse_rows(path: Path, suffix: str, text: str) -> list[tuple[int, dict]]:
     raise InputError(path, "job file must end in .csv, .jsonl or .toml")
 
 
-def _as_list(value) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, list):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [v.strip() for v in str(value).split(";") if v.strip()]
-
-
-def _as_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise ValueError(f"expected true/false, got {value!r}")
-
-
 def default_output(fields: dict) -> str:
     """Deterministic output name: <source>__<driver>[__<presets>]__<hash of everything>.mp4 (.mov for ProRes)."""
     stem = Path(fields["source"]).stem
@@ -228,7 +206,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
     for row, raw in rows:
         bad = [Problem(row, k, f"unknown field (expected {', '.join(FIELDS)})") for k in raw if k not in FIELDS]
         f: dict = {}
-        for key in ("source", "driving", *PART_FIELDS):
+        for key in _PATH_FIELDS:
             value = raw.get(key)
             if value in (None, ""):
                 continue
@@ -240,7 +218,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
         if "source" not in f and not any(b.field == "source" for b in bad):
             bad.append(Problem(row, "source", "missing"))
         try:
-            f["preset"] = _as_list(raw.get("preset"))
+            f["preset"] = list(parse_value("preset", raw.get("preset")))
             resolved = []
             for name in f["preset"]:
                 candidate = name if (name.endswith(".toml") or "/" in name) else None
@@ -251,35 +229,15 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
         except IcfaceError as exc:
             bad.append(Problem(row, "preset", str(exc)))
         try:
-            f["set"] = _as_list(raw.get("set"))
+            f["set"] = list(parse_value("set", raw.get("set")))
             for expr in f["set"]:
                 parse_set(expr)
         except IcfaceError as exc:
             bad.append(Problem(row, "set", str(exc)))
-        choices = {"mode": MODES, "smooth": SMOOTH_METHODS, "x264_preset": X264_PRESETS, "codec": CODECS,
-                   "renderer": RENDERERS}
-        for key, allowed in choices.items():
-            if key in raw:
-                if str(raw[key]) not in allowed:
-                    bad.append(Problem(row, key, f"expected one of {', '.join(allowed)}, got {raw[key]!r}"))
-                else:
-                    f[key] = str(raw[key])
-        numbers = {"smooth_strength": (float, 0.001, 100), "face_index": (int, 0, 64), "source_face": (int, 0, 64),
-                   "driver_face": (int, 0, 64), "crf": (int, 0, 51),
-                   "batch_size": (int, 1, 256), "start": (float, 0, 1e6), "duration": (float, 1e-3, 1e6)}
-        for key, (kind, lo, hi) in numbers.items():
+        for key in _PLAIN_FIELDS:  # one problem per bad field
             if key in raw:
                 try:
-                    value = kind(raw[key])
-                    if not lo <= value <= hi:
-                        raise ValueError
-                    f[key] = value
-                except (TypeError, ValueError):
-                    bad.append(Problem(row, key, f"expected a number within {lo}..{hi}, got {raw[key]!r}"))
-        for key in ("relative", "crop_only", "color_match", "no_audio", "preview", "detail", "alpha"):
-            if key in raw:
-                try:
-                    f[key] = _as_bool(raw[key])
+                    f[key] = parse_value(key, raw[key])
                 except ValueError as exc:
                     bad.append(Problem(row, key, str(exc)))
         if "source" in f and not bad:
@@ -303,7 +261,7 @@ def validate(rows: list[tuple[int, dict]], base: Path, outdir: Path,
             problems.append(Problem(row, "output", problem))
             continue
         try:
-            if output_format(output, f.get("codec", "h264"), f.get("alpha", False)).sequence:
+            if output_format(output, f.get("codec", DEFAULTS.codec), f.get("alpha", DEFAULTS.alpha)).sequence:
                 raise UsageError(f"{out}: image sequences are written by `reenact`, not by batch")
         except UsageError as exc:
             problems.append(Problem(row, "output", str(exc)))
@@ -445,32 +403,12 @@ def _remove_stale_temps(output: str) -> None:
 # -- running ------------------------------------------------------------------------------
 
 
-def to_reenact_job(spec: JobSpec):
-    """The :class:`icface_video.jobs.ReenactJob` of a validated row."""
-    from . import presets as P
-    from .encode import EncodeConfig
-    from .jobs import ReenactJob
-    from .paste import PasteConfig
-    from .reenact import RenderOptions
-    from .smoothing import SmoothConfig
+def to_reenact_job(spec: JobSpec, overwrite: bool = True):
+    """The :class:`icface_video.jobs.ReenactJob` of a validated row (through the one planner's
+    :func:`~icface_video.jobs.reenact_job`, as ``reenact`` and the API make theirs)."""
+    from .jobs import reenact_job
 
-    f = spec.fields
-    parts = {k[: -len("_from")]: f[k] for k in PART_FIELDS if f.get(k)}
-    render = RenderOptions(batch_size=f.get("batch_size", 8), detail=f.get("detail", RenderOptions.detail),
-                           crop_only=f.get("crop_only", False),
-                           paste=PasteConfig(color_match=f.get("color_match", False)),
-                           encode=EncodeConfig(crf=f.get("crf", 18), preset=f.get("x264_preset", "medium"),
-                                               audio=not f.get("no_audio", False), codec=f.get("codec", "h264"),
-                                               alpha=f.get("alpha", False)),
-                           preview=f.get("preview", False), overwrite=True,
-                           renderer=f.get("renderer", RenderOptions.renderer))
-    return ReenactJob(source=f["source"], output=spec.output, driving=f.get("driving"), parts=parts,
-                      mode=f.get("mode", "full"), relative=f.get("relative"),
-                      presets=[P.load(n) for n in f.get("preset", [])], sets=[parse_set(s) for s in f.get("set", [])],
-                      smoothing=SmoothConfig(f.get("smooth", "gaussian"), f.get("smooth_strength", 1.0)),
-                      face_index=f.get("face_index", 0), source_face=f.get("source_face"),
-                      driver_face=f.get("driver_face"), render=render, start=f.get("start", 0.0),
-                      duration=f.get("duration"))
+    return reenact_job(ReenactOptions(**spec.fields, output=spec.output), overwrite)
 
 
 _WORKER: dict = {}

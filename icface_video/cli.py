@@ -7,9 +7,7 @@ exits with the codes in :mod:`icface_video.errors` (1 failure, 2 usage, 3 input)
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -22,64 +20,16 @@ import click
 from . import __version__
 from .controls import MAX_SECONDS
 from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
+from .options import FIELD_NAMES, FiniteFloatRange, click_options
 from .runtime import on_sigterm, reset_termination, termination_requested
-from .smoothing import SMOOTH_METHODS, SmoothConfig
+from .smoothing import SmoothConfig
 
 # -- shared options ---------------------------------------------------------------
 
 
-class FiniteFloatRange(click.FloatRange):
-    """``click.FloatRange`` that also refuses NaN and infinity (usage error, exit 2).
-
-    NaN slips through a plain range check (every comparison with it is false).
-    """
-
-    name = "finite float range"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
-DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
-
-
-class DeviceChoice(click.Choice):
-    """``--device``: one of :data:`DEVICE_NAMES`, or ``cuda:N`` for the N-th GPU."""
-
-    def __init__(self) -> None:
-        super().__init__(DEVICE_NAMES)
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and re.fullmatch(r"cuda:\d{1,3}", value.strip()):
-            return value.strip()
-        if value not in DEVICE_NAMES:
-            self.fail(f"{value!r} is not one of {', '.join(DEVICE_NAMES)}, cuda:N.", param, ctx)
-        return value
-
-    def get_metavar(self, param, *args, **kwargs) -> str:
-        return "[auto|cpu|cuda|cuda:N|mps]"
-
-
-def device_option(func):
-    """``--device``, shared by every command that loads the model."""
-    return click.option("--device", type=DeviceChoice(), default="auto", show_default=True,
-                        help="Compute device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")(func)
-
-
-def smoothing_options(func):
-    """``--smooth`` and ``--smooth-strength``, shared by every command that reads attributes."""
-    func = click.option(
-        "--smooth-strength", type=FiniteFloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
-        help="Smoothing strength: 1 = about one frame at 25 fps (gaussian) / 1.5 Hz cut-off (oneeuro); 2 = twice as smooth.",
-    )(func)
-    func = click.option(
-        "--smooth", "smooth_method", type=click.Choice(SMOOTH_METHODS), default="gaussian", show_default=True,
-        help="Temporal smoothing of AUs and angles: zero-lag gaussian, causal One Euro, or none.",
-    )(func)
-    return func
+device_option = click_options("device")  # ``--device``, shared by every command that loads the model
+model_option = click_options("model")    # ``--model DIR`` (parameter ``model_path``)
+smoothing_options = click_options("smooth", "smooth_strength")  # every command that reads attributes
 
 
 def output_options(func):
@@ -216,7 +166,7 @@ def info() -> None:
 @smoothing_options
 @output_options
 def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_fallback,
-            smooth_method, smooth_strength, overwrite, quiet, as_json) -> None:
+            smooth, smooth_strength, overwrite, quiet, as_json) -> None:
     """Write per-frame face attributes of a video or image to an OpenFace-style CSV.
 
     One row per decoded frame: frame (1-based), timestamp (s), confidence, success,
@@ -229,7 +179,7 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
     if not output.lower().endswith(".csv"):
         raise UsageError(f"{output}: extract writes CSV; the output must end in .csv")
     check_output(output, overwrite, [source])
-    smoothing = SmoothConfig(smooth_method, smooth_strength)
+    smoothing = SmoothConfig(smooth, smooth_strength)
     start = time.perf_counter()
     with progress_bar("extract", not quiet and not as_json) as update:
         track = analyze_media(source, face_index=face_index, keep_landmarks=landmarks,
@@ -263,96 +213,16 @@ def _load_model(model_path: str | None, device: str, eyelids: bool = True):
     return ReenactmentModel.load(model_path, device=pick_device(device), eyelids=eyelids)
 
 
-def _presets(names: tuple[str, ...]):
-    from . import presets
-
-    return [presets.load(n) for n in names]
-
-
-def _sets(exprs: tuple[str, ...]):
-    from .controls import parse_set
-
-    return [parse_set(e) for e in exprs]
-
-
-DETAIL_OPTION = click.option(
-    "--detail/--no-detail", default=True, show_default=True,
-    help="Paste back at the frame's resolution: the network's warp fetches from the source frame itself, "
-         "only what it draws (mouth interior, lids) comes from its 128 px crop. --no-detail pastes the crop.")
-
-
-EYELIDS_OPTION = click.option(
-    "--eyelids/--no-eyelids", default=True, show_default=True,
-    help="Close and open the source's eyes to the driving AU45 with the model's eyelid warp "
-         "(its eyelids.json); --no-eyelids leaves the lids to the generator alone.")
-
-
-from .geo_render import RENDERERS  # noqa: E402
-
-RENDERER_OPTION = click.option(
-    "--renderer", type=click.Choice(RENDERERS), default="geometry", show_default=True,
-    help="geometry: the motion model moves the source's 3D landmarks and the frame is warped onto them "
-         "at its own resolution (mouth interior drawn); network: the ICface generator's 128 px render, "
-         "pasted back (--detail and --eyelids apply to it).")
-
-
-def render_options(func):
-    """Options shared by the commands that write a video."""
-    opts = [
-        click.option("--model", "model_path", type=click.Path(path_type=str), default=None,
-                     help="Model folder (default: the shipped model)."),
-        device_option,
-        click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True),
-        RENDERER_OPTION,
-        DETAIL_OPTION,
-        EYELIDS_OPTION,
-        click.option("--crop-only", is_flag=True, help="Write the aligned generated crops, not pasted back."),
-        click.option("--color-match", is_flag=True, help="Match the generated face's colours to the source."),
-        click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="x264 quality (lower = better)."),
-        click.option("--x264-preset", default="medium", show_default=True,
-                     type=click.Choice(["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]),
-                     help="x264 speed preset."),
-        click.option("--no-audio", is_flag=True, help="Do not copy the driver's audio."),
-        click.option("--codec", type=click.Choice(["h264", "prores"]), default="h264", show_default=True,
-                     help="Video codec: H.264 (.mp4 .mov .mkv) or ProRes 422 HQ (.mov .mkv). The output's "
-                          "extension decides the container; frames/%05d.png writes a PNG sequence."),
-        click.option("--alpha", is_flag=True,
-                     help="Write the face mask as an alpha channel: ProRes 4444 (with --codec prores) or RGBA PNGs."),
-        click.option("--preview", is_flag=True, help="Also write OUT.preview.mp4 (source | driver | result) and OUT.contact.png."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
-
-
-def face_options(drivers: bool):
-    """``--face-index`` and ``--source-face`` (and ``--driver-face`` when the command has drivers)."""
-    def decorate(func):
-        if drivers:
-            func = click.option("--driver-face", type=click.IntRange(min=0), default=None,
-                                help="Which face in the drivers (default: --face-index).")(func)
-        func = click.option("--source-face", type=click.IntRange(min=0), default=None,
-                            help="Which face in the source (default: --face-index).")(func)
-        return click.option("--face-index", type=click.IntRange(min=0), default=0, show_default=True,
-                            help="Which face when several are visible (0 = largest, 1 = next, ...): "
-                                 + ("the source's and the drivers'." if drivers else "the source's."))(func)
-    return decorate
-
-
-def _pick_face(face_index: int, specific: int | None) -> int:
-    return face_index if specific is None else specific
-
-
-def _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, no_audio, preview, overwrite,
-                    renderer="geometry", codec="h264", alpha=False):
-    from .encode import EncodeConfig
-    from .paste import PasteConfig
-    from .reenact import RenderOptions
-
-    return RenderOptions(batch_size=batch_size, detail=detail, crop_only=crop_only,
-                         paste=PasteConfig(color_match=color_match),
-                         encode=EncodeConfig(crf=crf, preset=x264_preset, audio=not no_audio, codec=codec, alpha=alpha),
-                         preview=preview, overwrite=overwrite, renderer=renderer)
+#: the options ``animate`` shares with ``reenact``, besides source, output, presets and sets.
+RENDER_OPTIONS = ("model", "device", "batch_size", "renderer", "detail", "eyelids", "crop_only", "color_match", "crf",
+                  "x264_preset", "no_audio", "codec", "alpha", "preview", "face_index", "source_face")
+#: the options of ``edit`` and ``neutralize``.
+STILL_OPTIONS = ("source", "output", "model", "device", "renderer", "detail", "eyelids", "crop_only", "face_index",
+                 "source_face")
+#: help texts of the commands that write from one photo, where they differ from ``reenact``'s.
+PHOTO_HELP = {"source": "Source photo.", "preset": "Preset name or TOML file (repeatable).",
+              "face_index": "Which face when several are visible (0 = largest, 1 = next, ...): the source's."}
+IMAGE_HELP = dict(PHOTO_HELP, output="Image to write (.png, .jpg).")
 
 
 def _report(summary: dict, quiet: bool, as_json: bool) -> None:
@@ -375,32 +245,9 @@ def stage_progress(enabled: bool) -> Iterator:
 
 
 @cli.command()
-@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo or clip.")
-@click.option("--driving", "-d", type=click.Path(path_type=str), default=None, help="Driving video or attribute CSV.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Video to write (.mp4).")
-@click.option("--mode", type=click.Choice(["full", "pose", "expression"]), default="full", show_default=True,
-              help="What --driving drives.")
-@click.option("--pose-from", type=click.Path(path_type=str), help="Head pose from this video/CSV.")
-@click.option("--expression-from", type=click.Path(path_type=str), help="All AUs from this video/CSV.")
-@click.option("--eyes-from", type=click.Path(path_type=str), help="AU05 06 07 45 from this video/CSV.")
-@click.option("--mouth-from", type=click.Path(path_type=str), help="AU09 10 12 14 15 17 20 23 25 26 from this video/CSV.")
-@click.option("--brows-from", type=click.Path(path_type=str), help="AU01 02 04 from this video/CSV.")
-@click.option("--relative/--absolute", default=None,
-              help="Apply driver changes to the source's own values (default for photos) or copy them (default for clips).")
-@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable, in order).")
-@click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1, AU12*=1.5 (repeatable).")
-@click.option("--start", type=FiniteFloatRange(min=0), default=0.0,
-              help="Reenact from this time (s) of the driver (every driver, a source clip and the audio alike).")
-@click.option("--duration", type=FiniteFloatRange(min=0, min_open=True), default=None,
-              help="Reenact this many seconds (default: to the driver's end).")
-@smoothing_options
-@render_options
-@face_options(drivers=True)
+@click_options(*FIELD_NAMES, gather="opts")
 @output_options
-def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from, mouth_from, brows_from,
-            relative, preset_names, set_exprs, start, duration, smooth_method, smooth_strength, model_path, device,
-            batch_size, renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview,
-            face_index, source_face, driver_face, overwrite, quiet, as_json) -> None:
+def reenact(opts, overwrite, quiet, as_json) -> None:
     """Make the SOURCE face perform a driving video's (or CSV's) pose and expression.
 
     Output: the source's size (rounded down to even), the driver's frame rate and frame
@@ -411,84 +258,43 @@ def reenact(source, driving, output, mode, pose_from, expression_from, eyes_from
     from .memo import AnalysisCache, driver_list, prefetch_tracks
     from .outputs import check_output
 
-    output_format(output, codec, alpha)
-    parts = {k: v for k, v in (("pose", pose_from), ("expression", expression_from), ("eyes", eyes_from),
-                               ("mouth", mouth_from), ("brows", brows_from)) if v}
-    check_output(output, overwrite, [source, driving, *parts.values()])
-    presets, sets, smoothing = _presets(preset_names), _sets(set_exprs), SmoothConfig(smooth_method, smooth_strength)
+    output_format(opts.output, opts.codec, opts.alpha)
+    check_output(opts.output, overwrite, [opts.source, opts.driving, *opts.parts.values()])
+    from .jobs import reenact_job, run_reenact
+
+    job = reenact_job(opts, overwrite)
     with stage_progress(not quiet and not as_json) as update:
         # The drivers are analysed in a second thread while torch and the model load.
         cache = AnalysisCache()
-        prefetch_tracks(cache, driver_list(driving, parts), smoothing, _pick_face(face_index, driver_face), update)
-        from .jobs import ReenactJob, run_reenact
-
-        job = ReenactJob(source=source, output=output, driving=driving, parts=parts, mode=mode, relative=relative,
-                         presets=presets, sets=sets, smoothing=smoothing, face_index=face_index,
-                         source_face=source_face, driver_face=driver_face,
-                         render=_render_options(batch_size, detail, crop_only, color_match, crf, x264_preset,
-                                                no_audio, preview, overwrite, renderer, codec, alpha),
-                         start=start, duration=duration)
-        model = _load_model(model_path, device, eyelids)
+        prefetch_tracks(cache, driver_list(job.driving, job.parts), job.smoothing, job.driver_index, update)
+        model = _load_model(opts.model, opts.device, opts.eyelids)
         summary = run_reenact(job, model, update, cache)
     _report(summary, quiet, as_json)
 
 
 @cli.command()
-@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Video to write (.mp4).")
+@click_options("source", "output", "preset", "set", *RENDER_OPTIONS, gather="opts",
+               help=dict(PHOTO_HELP, set="Constant overrides, e.g. AU12=3 or yaw=10deg."))
 @click.option("--keyframes", type=click.Path(path_type=str), help="Keyframe file (TOML or CSV): times and values.")
-@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
-@click.option("--set", "set_exprs", multiple=True, help="Constant overrides, e.g. AU12=3 or yaw=10deg.")
 @click.option("--duration", type=FiniteFloatRange(min=0.04, max=MAX_SECONDS), default=None,
               help="Seconds (default: the keyframes' or presets' length, else 3).")
 @click.option("--fps", type=FiniteFloatRange(min=1, max=120), default=25.0, show_default=True)
 @click.option("--ramp", type=FiniteFloatRange(0, 0.5), default=0.25, show_default=True,
               help="Presets without a timeline ramp in and out over this fraction of the duration.")
-@render_options
-@face_options(drivers=False)
 @output_options
-def animate(source, output, keyframes, preset_names, set_exprs, duration, fps, ramp, model_path, device, batch_size,
-            renderer, detail, eyelids, crop_only, color_match, crf, x264_preset, no_audio, codec, alpha, preview, face_index,
-            source_face,
-            overwrite, quiet, as_json) -> None:
+def animate(opts, keyframes, duration, fps, ramp, overwrite, quiet, as_json) -> None:
     """Animate a photo with no driving video: keyframes and/or presets over time."""
-    import numpy as np
-
     from .encode import output_format
-    from .jobs import apply_overrides
+    from .jobs import animate_job, run_reenact
     from .keyframes import load_keyframes
-    from .media import exact_rate, rate_json
     from .outputs import check_output
-    from .presets import smooth_interp
-    from .reenact import analyze_still, render_video
 
-    output_format(output, codec, alpha)
-    check_output(output, overwrite, [source, keyframes])
-    fps = exact_rate(fps)  # 29.97 -> 30000/1001
-    if not keyframes and not preset_names and not set_exprs:
-        raise UsageError("animate needs --keyframes, --preset or --set")
-    keys = load_keyframes(keyframes) if keyframes else None
-    presets, sets = _presets(preset_names), _sets(set_exprs)
-    if duration is None:
-        lengths = [keys.duration if keys else 0.0] + [p.duration for p in presets]
-        duration = max(lengths) if max(lengths) > 0 else 3.0
-    model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
-    n = max(1, int(round(duration * fps)))
-    times = np.arange(n, dtype=np.float64) / float(fps)
-    attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
-    envelope = smooth_interp(times, [0.0, ramp * duration, (1 - ramp) * duration, duration], [0.0, 1.0, 1.0, 0.0]) \
-        if ramp > 0 else 1.0
-    timed = [p for p in presets if p.timeline is not None]
-    steady = [p for p in presets if p.timeline is None]
-    attrs = apply_overrides(attrs, times, steady, [], envelope)
-    attrs = apply_overrides(attrs, times, timed, sets)
-    options = _render_options(batch_size, detail, crop_only, color_match, crf, x264_preset, True, preview, overwrite,
-                              renderer, codec, alpha)
+    output_format(opts.output, opts.codec, opts.alpha)
+    check_output(opts.output, overwrite, [opts.source, keyframes])
+    job = animate_job(opts, load_keyframes(keyframes) if keyframes else None, duration, fps, ramp, overwrite)
+    model = _load_model(opts.model, opts.device, opts.eyelids)
     with stage_progress(not quiet and not as_json) as update:
-        result = render_video(model, still, attrs, times, fps, output, options,
-                              progress=(lambda d, t: update("render", d, t)) if update else None)
-    summary = dict(result.__dict__, source=source, **rate_json(result.fps))
+        summary = run_reenact(job, model, update)
     _report(summary, quiet, as_json)
 
 
@@ -516,37 +322,30 @@ def _write_image(output: str, rgb, overwrite: bool) -> None:
 
 
 @cli.command()
-@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
-@click.option("--preset", "preset_names", multiple=True, help="Preset name or TOML file (repeatable).")
-@click.option("--set", "set_exprs", multiple=True, help="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).")
-@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
-@device_option
-@RENDERER_OPTION
-@DETAIL_OPTION
-@EYELIDS_OPTION
-@click.option("--crop-only", is_flag=True, help="Write the aligned crop, not pasted back.")
-@face_options(drivers=False)
+@click_options("source", "output", "preset", "set", *STILL_OPTIONS[2:], gather="opts",
+               help=dict(IMAGE_HELP, set="AU12=3.5, yaw=10deg, AU04+=1 ... (repeatable).",
+                         crop_only="Write the aligned crop, not pasted back."))
 @output_options
-def edit(source, output, preset_names, set_exprs, model_path, device, renderer, detail, eyelids, crop_only, face_index,
-         source_face, overwrite, quiet, as_json) -> None:
+def edit(opts, overwrite, quiet, as_json) -> None:
     """Change a photo's expression or pose with presets and --set values; write an image."""
     import numpy as np
     import torch
 
-    from .jobs import apply_overrides
+    from .jobs import apply_overrides, load_overrides
     from .outputs import check_output
     from .reenact import analyze_still, render_still
 
+    output, source = opts.output, opts.source
     _check_image_output(output)
     check_output(output, overwrite, [source])
-    if not preset_names and not set_exprs:
+    if not opts.preset and not opts.set:
         raise UsageError("edit needs --preset or --set")
-    presets, sets = _presets(preset_names), _sets(set_exprs)
-    model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
+    presets, sets = load_overrides(opts.preset, opts.set)
+    model = _load_model(opts.model, opts.device, opts.eyelids)
+    still = analyze_still(source, model.resolution, opts.source_index)
     attrs = apply_overrides(still.attrs[None], np.zeros(1), presets, sets)
-    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), detail, crop_only, renderer)
+    image = render_still(model, still, torch.from_numpy(attrs).to(model.device), opts.detail, opts.crop_only,
+                         opts.renderer)
     _write_image(output, image, overwrite)
     from .attributes import ATTR_NAMES
 
@@ -559,27 +358,20 @@ def edit(source, output, preset_names, set_exprs, model_path, device, renderer, 
 
 
 @cli.command()
-@click.option("--source", "-s", required=True, type=click.Path(path_type=str), help="Source photo.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Image to write (.png, .jpg).")
-@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
-@device_option
-@RENDERER_OPTION
-@DETAIL_OPTION
-@EYELIDS_OPTION
-@click.option("--crop-only", is_flag=True, help="Write the aligned neutral crop, not pasted back.")
-@face_options(drivers=False)
+@click_options(*STILL_OPTIONS, gather="opts",
+               help=dict(IMAGE_HELP, crop_only="Write the aligned neutral crop, not pasted back."))
 @output_options
-def neutralize(source, output, model_path, device, renderer, detail, eyelids, crop_only, face_index, source_face, overwrite, quiet,
-               as_json) -> None:
+def neutralize(opts, overwrite, quiet, as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
     from .reenact import analyze_still, render_still
 
+    output, source = opts.output, opts.source
     _check_image_output(output)
     check_output(output, overwrite, [source])
-    model = _load_model(model_path, device, eyelids)
-    still = analyze_still(source, model.resolution, _pick_face(face_index, source_face))
-    _write_image(output, render_still(model, still, None, detail, crop_only, renderer), overwrite)
+    model = _load_model(opts.model, opts.device, opts.eyelids)
+    still = analyze_still(source, model.resolution, opts.source_index)
+    _write_image(output, render_still(model, still, None, opts.detail, opts.crop_only, opts.renderer), overwrite)
     if as_json:
         click.echo(json.dumps({"output": output, "source": source}))
     elif not quiet:
@@ -655,7 +447,7 @@ def presets_validate(files) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the resolved jobs (one JSON line each) and exit.")
 @click.option("--allow-outside", is_flag=True,
               help="Let jobs write outputs outside OUTDIR (absolute paths, ..); refused otherwise.")
-@click.option("--model", "model_path", type=click.Path(path_type=str), default=None)
+@model_option
 @device_option
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True,

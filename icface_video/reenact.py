@@ -33,6 +33,7 @@ from .errors import InputError, UsageError
 from .face import FaceAnalyzer
 from .geo_render import RENDERERS, GeometryConfig, GeometryStage, ring_points
 from .media import exact_rate, iter_frames
+from .options import DEFAULTS
 from .outputs import atomic_output, is_sequence, sequence_stem
 from .paste import PasteBack, PasteConfig, face_mask
 from .runtime import raise_if_terminated
@@ -62,14 +63,14 @@ class RenderOptions:
         geometry: :class:`GeometryConfig` of the geometric renderer.
     """
 
-    batch_size: int = 8
-    detail: bool = True
-    crop_only: bool = False
+    batch_size: int = DEFAULTS.batch_size
+    detail: bool = DEFAULTS.detail
+    crop_only: bool = DEFAULTS.crop_only
     paste: PasteConfig = field(default_factory=PasteConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    preview: bool = False
+    preview: bool = DEFAULTS.preview
     overwrite: bool = False
-    renderer: str = "geometry"
+    renderer: str = DEFAULTS.renderer
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
 
