@@ -36,7 +36,7 @@ from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 EXTRA_OPTIONS = ("model", "device", "overwrite")
 
 
-def load_model(model: str | os.PathLike | None = None, device: str = "auto", eyelids: bool = True):
+def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
     """Load a model folder once, to pass to :func:`reenact` or :class:`Reenactor` (``model=``).
 
     Args:
@@ -57,7 +57,7 @@ def load_model(model: str | os.PathLike | None = None, device: str = "auto", eye
     return ReenactmentModel.load(model, device=pick_device(device), eyelids=bool(eyelids))
 
 
-def _model_of(model, device: str = "auto", eyelids: bool = True):
+def _model_of(model, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
     from .model import ReenactmentModel
 
     if isinstance(model, ReenactmentModel):

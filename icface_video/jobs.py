@@ -288,7 +288,7 @@ def _still_of(memo: AnalysisCache, path: str, resolution: int, index: int) -> So
 
 def _plan_animation(job: AnimateJob, resolution: int, cache: AnalysisCache | None) -> Plan:
     still = _still_of(cache or AnalysisCache(), job.source, resolution, job.source_index)
-    fps, keys, duration = job.fps, job.keyframes, job.duration
+    fps, keys, duration = exact_rate(job.fps), job.keyframes, job.duration
     if duration is None:
         lengths = [keys.duration if keys else 0.0] + [p.duration for p in job.presets]
         duration = max(lengths) if max(lengths) > 0 else 3.0
@@ -302,7 +302,7 @@ def _plan_animation(job: AnimateJob, resolution: int, cache: AnalysisCache | Non
     steady = [p for p in job.presets if p.timeline is None]
     attrs = apply_overrides(attrs, times, steady, [], envelope)
     attrs = apply_overrides(attrs, times, timed, job.sets)
-    return Plan(still, attrs, times, exact_rate(fps), None, None, 0)
+    return Plan(still, attrs, times, fps, None, None, 0)
 
 
 def cut_timeline(times: np.ndarray, start: float = 0.0, duration: float | None = None,

@@ -40,13 +40,14 @@ from .errors import UsageError
 from .geo_render import RENDERERS
 from .smoothing import SMOOTH_METHODS
 
-__all__ = ["BATCH_FIELDS", "CLI_ONLY", "DEFAULTS", "DEVICE_NAMES", "DeviceChoice", "FIELD_NAMES", "FiniteFloatRange", "KINDS", "OptionSpec", "PART_FIELDS",
-           "ReenactOptions", "X264_PRESETS", "check_option", "click_options", "describe", "option_spec",
-           "parse_value", "range_text"]
+__all__ = ["BATCH_FIELDS", "CLI_ONLY", "DEFAULTS", "DEVICE_NAMES", "DeviceChoice", "FIELD_NAMES", "FiniteFloatRange",
+           "KINDS", "OptionSpec", "PART_FIELDS", "ReenactOptions", "X264_PRESETS", "check_option", "click_options",
+           "describe", "option_spec", "parse_value", "range_text"]
 
 X264_PRESETS: tuple[str, ...] = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                                  "veryslow")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+_NTH_GPU = re.compile(r"cuda:\d{1,3}")  # a device name besides DEVICE_NAMES: cuda:N
 #: value kinds: a media path, the output path, a list of strings, one of ``choices``, an
 #: integer or a (finite) float within ``range``, a boolean, a compute device name.
 KINDS = ("path", "output", "list", "choice", "int", "float", "bool", "device")
@@ -225,7 +226,7 @@ def _problem(name: str, spec: OptionSpec, value: Any) -> tuple[Any, str | None]:
             return tuple(items), None
         return value, "expected a string or a list of strings"
     if kind == "device":
-        if isinstance(value, str) and (value in spec.choices or re.fullmatch(r"cuda:\d{1,3}", value)):
+        if isinstance(value, str) and (value in spec.choices or _NTH_GPU.fullmatch(value)):
             return value, None
         return value, f"expected one of {', '.join(spec.choices)}, cuda:N"
     if kind == "choice":
@@ -352,7 +353,7 @@ class DeviceChoice(click.Choice):
         super().__init__(DEVICE_NAMES)
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and re.fullmatch(r"cuda:\d{1,3}", value.strip()):
+        if isinstance(value, str) and _NTH_GPU.fullmatch(value.strip()):
             return value.strip()
         if value not in DEVICE_NAMES:
             self.fail(f"{value!r} is not one of {', '.join(DEVICE_NAMES)}, cuda:N.", param, ctx)
@@ -376,8 +377,7 @@ def _click_type(spec: OptionSpec):
     return FiniteFloatRange(min=spec.low, max=spec.high, min_open=spec.low_open)
 
 
-def click_options(*names: str, help: dict[str, str] | None = None, gather: str | None = None,
-                  required: Sequence[str] = ()) -> Callable:
+def click_options(*names: str, help: dict[str, str] | None = None, gather: str | None = None) -> Callable:
     """A decorator adding the click options of the fields ``names`` (in that order in ``--help``).
 
     Args:
@@ -386,7 +386,6 @@ def click_options(*names: str, help: dict[str, str] | None = None, gather: str |
         gather: pass the values as one :class:`ReenactOptions` keyword argument of this
             name (the other fields at their defaults) instead of one keyword per option
             (named by the spec's ``dest`` or the field name).
-        required: fields required on this command line besides those the spec requires.
     """
     help = help or {}
 
@@ -394,7 +393,7 @@ def click_options(*names: str, help: dict[str, str] | None = None, gather: str |
         spec, default = option_spec(name), _FIELDS[name].default
         decls = list(spec.flags) + ([spec.dest] if spec.dest else [name])
         kw: dict[str, Any] = {"help": help.get(name, spec.help)}
-        if spec.required or name in required:
+        if spec.required:
             kw["required"] = True
         elif spec.kind == "list":
             kw["multiple"] = True
