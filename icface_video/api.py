@@ -50,7 +50,7 @@ def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.de
         UsageError: unknown device. InputError: missing or corrupt model folder.
     """
     from .model import ReenactmentModel
-    from .reenact import pick_device
+    from .tensors import pick_device
 
     if not isinstance(device, str):
         raise UsageError(f"device: expected a name like 'cpu' or 'cuda', got {device!r}")
@@ -164,7 +164,7 @@ class Reenactor:
                  eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index, detail: bool = DEFAULTS.detail,
                  color_match: bool = DEFAULTS.color_match, batch_size: int = DEFAULTS.batch_size) -> None:
         from .paste import PasteBack, PasteConfig
-        from .reenact import encode_sources, still_from_rgb
+        from .source import encode_sources, still_from_rgb
 
         rgb = _check_rgb("source", source)
         index = check_option("face_index", face_index)
@@ -199,7 +199,8 @@ class Reenactor:
         """
         import torch
 
-        from .reenact import paste_render, to_uint8
+        from .reenact import paste_render
+        from .tensors import to_uint8
 
         a = np.asarray(attrs, np.float32) if isinstance(attrs, (np.ndarray, list, tuple)) else None
         if a is not None and a.ndim == 1:

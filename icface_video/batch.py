@@ -466,7 +466,7 @@ def _worker_init(model_path: str | None, device: str, threads: int, in_process: 
         import torch
 
         from .model import ReenactmentModel
-        from .reenact import pick_device
+        from .tensors import pick_device
         from .track import set_analysis_workers
 
         if not in_process:
@@ -539,7 +539,7 @@ def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str |
     result = BatchResult()
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
-    from .reenact import pick_device
+    from .tensors import pick_device
 
     if pick_device(device).type == "cpu":
         # CPU: worker processes, each with its own model and torch threads.

@@ -208,7 +208,7 @@ def extract(source, output, face_index, landmarks, blendshapes, max_frames, no_f
 
 def _load_model(model_path: str | None, device: str, eyelids: bool = True):
     from .model import ReenactmentModel
-    from .reenact import pick_device
+    from .tensors import pick_device
 
     return ReenactmentModel.load(model_path, device=pick_device(device), eyelids=eyelids)
 
@@ -333,7 +333,8 @@ def edit(opts, overwrite, quiet, as_json) -> None:
 
     from .jobs import apply_overrides, load_overrides
     from .outputs import check_output
-    from .reenact import analyze_still, render_still
+    from .reenact import render_still
+    from .source import analyze_still
 
     output, source = opts.output, opts.source
     _check_image_output(output)
@@ -364,7 +365,8 @@ def edit(opts, overwrite, quiet, as_json) -> None:
 def neutralize(opts, overwrite, quiet, as_json) -> None:
     """Write the source's neutral face (G_N: pose straightened, expression relaxed)."""
     from .outputs import check_output
-    from .reenact import analyze_still, render_still
+    from .reenact import render_still
+    from .source import analyze_still
 
     output, source = opts.output, opts.source
     _check_image_output(output)
@@ -468,7 +470,7 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
     if (source_glob is None) != (driving_glob is None):
         raise UsageError("--source and --driving go together")
     shard_kn = B.parse_shard(shard)
-    from .reenact import pick_device
+    from .tensors import pick_device
 
     pick_device(device)  # an unknown or absent device is a usage error before anything runs
     out = Path(outdir)

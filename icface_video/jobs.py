@@ -29,9 +29,9 @@ from .memo import AnalysisCache, cached_track, driver_label
 from .options import DEFAULTS, ReenactOptions
 from .paste import PasteConfig
 from .presets import Preset, load as load_preset, smooth_interp
-from .reenact import (RenderOptions, RenderResult, SourceClip, SourceFrame, analyze_still, encode_sources,
-                      render_video)
+from .reenact import RenderOptions, RenderResult, render_video
 from .smoothing import SmoothConfig
+from .source import SourceClip, SourceFrame, analyze_still, encode_sources
 
 
 @dataclass

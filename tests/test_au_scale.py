@@ -130,7 +130,7 @@ def test_v1_model_renders_the_same_from_calibrated_input(faces_root):
     """The shipped (v1) model fed calibrated attributes renders what it rendered from the raw
     v1 values before the calibration: generator input and eyelid warp alike (round trip)."""
     from icface_video.eyelids import eyelid_grid
-    from icface_video.reenact import analyze_still, encode_sources
+    from icface_video.source import analyze_still, encode_sources
 
     model = ReenactmentModel.load()
     assert model.au_scale == "v1" and model.eyelids is not None

@@ -28,7 +28,7 @@ def shipped() -> EyelidConfig:
 @pytest.fixture(scope="module")
 def open_face(faces_root):
     """A real open-eyed test-split face: (SourceFrame, crop landmarks (1, 478, 2))."""
-    from icface_video.reenact import analyze_still
+    from icface_video.source import analyze_still
 
     photo = faces_root / "dreamtalk/data/style_clip/video/W009_front_neutral_level1_001.mp4"
     still = analyze_still(photo, 128)
@@ -87,7 +87,8 @@ def test_shipped_model_closes_eyes_with_the_warp(open_face) -> None:
 
     from icface_video.attributes import attributes_from_face, from_scale
     from icface_video.face import FaceAnalyzer
-    from icface_video.reenact import encode_sources, to_uint8
+    from icface_video.source import encode_sources
+    from icface_video.tensors import to_uint8
 
     still, _ = open_face
     model = ReenactmentModel.load()

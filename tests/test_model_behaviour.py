@@ -49,7 +49,8 @@ def neutral_photo(faces_root, tmp_path_factory) -> Path:
 
 def test_shipped_model_renders_and_control_works(model, neutral_photo, tmp_path):
     """G_N then G_A on a real face: right size, and AU12 set high re-extracts higher than AU12 = 0."""
-    from icface_video.reenact import analyze_still, to_uint8
+    from icface_video.source import analyze_still
+    from icface_video.tensors import to_uint8
 
     still = analyze_still(neutral_photo, model.resolution)
     cache = model.prepare_source(still.crop, torch.from_numpy(still.attrs)[None])

@@ -190,7 +190,8 @@ def test_extension_decides_the_container(run_cli, plumbing_model, media, workdir
 
 
 def test_prores_alpha_and_png_sequence_carry_the_face_mask(run_cli, plumbing_model, media, workdir):
-    from icface_video.reenact import RenderOptions, analyze_still, mask_alpha
+    from icface_video.reenact import RenderOptions, mask_alpha
+    from icface_video.source import analyze_still
 
     r = run_cli(["reenact", "-s", media["photo"], "-d", media["short"], "-o", workdir / "hq.mov",
                  "--codec", "prores", "--model", plumbing_model, *FAST])

@@ -8,7 +8,7 @@ import torch
 
 from icface_video.networks import identity_grid
 from icface_video.paste import PasteBack
-from icface_video.reenact import analyze_still
+from icface_video.source import analyze_still
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def load_method(name: str, spec: str) -> Method:
     import torch
 
     from icface_video.model import ReenactmentModel
-    from icface_video.reenact import SourceFrame, make_source_frame, render_still
+    from icface_video.reenact import render_still
+    from icface_video.source import SourceFrame, make_source_frame
 
     kind, _, folder = spec.partition(":")
     model = ReenactmentModel.load(folder or None, eyelids=kind != "network-no-eyelids")

@@ -26,7 +26,7 @@ import torch
 from icface_video.attributes import attributes_from_face, from_scale, to_scale
 from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
-from icface_video.reenact import to_uint8
+from icface_video.tensors import to_uint8
 from train.dataset import AU45, PairDataset
 from train.evaluate import parse_model_spec, resolve_checkpoint
 

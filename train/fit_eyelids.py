@@ -36,7 +36,7 @@ from icface_video.attributes import POSE_NAMES, attributes_from_face, from_scale
 from icface_video.eyelids import EYES, EyelidConfig, eye_frames, eye_opening
 from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
-from icface_video.reenact import to_uint8
+from icface_video.tensors import to_uint8
 from train.dataset import AU45, NUM_AUS, PairDataset
 
 _PITCH, _YAW = NUM_AUS + POSE_NAMES.index("pitch"), NUM_AUS + POSE_NAMES.index("yaw")
