@@ -319,6 +319,35 @@ def normalize_for_network(attrs: np.ndarray | "torch.Tensor"):  # noqa: F821
     return torch.cat([au, pose], dim=-1)
 
 
+class AttributeSeries:
+    """What the per-frame attribute time series share: ``times`` (N,) s and ``success``
+    (N,) bool (where a face was measured), and their length.
+
+    Three stages of the data flow hold one (each docstring says how it becomes the next):
+    :class:`icface_video.track.FaceTrack` (a video or photo measured), and
+    :class:`icface_video.csvio.AttributeTable` (measurements read back from a CSV), both
+    turned into :class:`icface_video.driving.AttributeTrack` (a driving signal: smoothed,
+    on an exact frame rate, sampled at the output's times).
+    """
+
+    times: np.ndarray
+    success: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        """N, the number of frames."""
+        return int(self.times.shape[0])
+
+
+def clip_aus(attrs: np.ndarray) -> np.ndarray:
+    """Clip the AU intensities to their range 0..``AU_MAX`` (5), in place; angles are kept.
+
+    Convention: attrs (..., 20) numpy, AUs then pitch/yaw/roll radians; returns ``attrs``.
+    """
+    attrs[..., :NUM_AUS] = np.clip(attrs[..., :NUM_AUS], 0.0, AU_MAX)
+    return attrs
+
+
 def neutral_attributes() -> np.ndarray:
     """The paper's neutral attributes: zero AUs and zero angles, (20,) float32."""
     return np.zeros(NUM_ATTRS, np.float32)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from .attributes import ATTR_NAMES, AU_MAX, AU_NAMES, NUM_AUS
+from .attributes import ATTR_NAMES, AU_MAX, AU_NAMES, NUM_AUS, clip_aus
 from .errors import UsageError
 
 OpKind = Literal["set", "add", "scale"]
@@ -171,5 +171,5 @@ def apply_ops(attrs: np.ndarray, ops: list[Op] | tuple[Op, ...], weight: np.ndar
         else:
             col *= 1.0 + w * (op.value - 1.0)
         out[:, op.index] = col
-        out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0.0, AU_MAX)
+        clip_aus(out)
     return out

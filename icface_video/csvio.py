@@ -20,11 +20,12 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from .attributes import AU_NAMES, BLENDSHAPE_NAMES, NUM_ATTRS, NUM_AUS, from_scale
+from .attributes import AU_NAMES, BLENDSHAPE_NAMES, NUM_ATTRS, NUM_AUS, AttributeSeries, clip_aus, from_scale
 from .errors import InputError
 from .smoothing import fill_missing
 
@@ -79,8 +80,13 @@ def write_attributes_csv(
 
 
 @dataclass(frozen=True)
-class AttributeTable:
-    """Attributes read from a CSV file.
+class AttributeTable(AttributeSeries):
+    """Attributes read from a CSV file: the stage of measurements read back from a file.
+
+    The rows of one face as the file has them (gap-filled, not smoothed), the CSV's
+    counterpart of :class:`icface_video.track.FaceTrack` (which also holds the geometry
+    a CSV lacks). :meth:`icface_video.driving.AttributeTrack.from_table` makes it a
+    driving signal (smoothed, on an exact frame rate).
 
     Attributes:
         times: (N,) seconds; success: (N,) bool; attrs: (N, 20) with rows that had no
@@ -98,15 +104,12 @@ class AttributeTable:
     face_id: int | None = None
 
     @property
-    def num_frames(self) -> int:
-        return int(self.times.shape[0])
+    def fps(self) -> Fraction:
+        """The frame rate of the timestamps, exact (:func:`icface_video.media.rate_from_times`:
+        snapped to a standard rate within 0.2%, 25 when they give none)."""
+        from .media import rate_from_times
 
-    @property
-    def fps(self) -> float:
-        if self.num_frames < 2:
-            return 25.0
-        span = float(self.times[-1] - self.times[0])
-        return (self.num_frames - 1) / span if span > 0 else 25.0
+        return rate_from_times(self.times)
 
 
 ATTR_VALUE_LIMIT = 1e6  # larger AU or angle values (radians) are not measurements
@@ -138,7 +141,7 @@ def read_attributes_csv(path: str | os.PathLike, face_index: int = 0) -> Attribu
     """
     if isinstance(face_index, bool) or not isinstance(face_index, int) or face_index < 0:
         raise ValueError(f"face_index: expected an integer >= 0, got {face_index!r}")
-    from .media import file_problem
+    from .media import FALLBACK_RATE, file_problem
 
     p = Path(path)
     problem = file_problem(p, "an attribute CSV")
@@ -169,7 +172,7 @@ def read_attributes_csv(path: str | os.PathLike, face_index: int = 0) -> Attribu
                         raise ValueError
                     rows_f, rows_t, rows_ok, rows_a, lines = by_face.setdefault(fid, ([], [], [], [], []))
                     rows_a.append([float(row[i]) for i in want])
-                    rows_t.append(float(row[col["timestamp"]]) if "timestamp" in col else (len(rows_t)) / 25.0)
+                    rows_t.append(float(row[col["timestamp"]]) if "timestamp" in col else len(rows_t) / float(FALLBACK_RATE))
                     rows_ok.append(float(row[col["success"]]) > 0.5 if "success" in col else True)
                     rows_f.append(row[col["frame"]].strip() if "frame" in col else str(line_no))
                     lines.append(line_no)
@@ -204,8 +207,8 @@ def read_attributes_csv(path: str | os.PathLike, face_index: int = 0) -> Attribu
     attrs = np.where(np.abs(wide) <= ATTR_VALUE_LIMIT, wide, 0.0).astype(np.float32)  # rows without a face: refilled below
     if np.any(np.diff(times) <= 0):
         # Non-increasing timestamps (e.g. hand-made files): fall back to even spacing.
-        times = np.arange(len(times), dtype=np.float64) / 25.0
-    attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0.0, 5.0)
+        times = np.arange(len(times), dtype=np.float64) / float(FALLBACK_RATE)
+    clip_aus(attrs)
     if file_scale != "v2":
         attrs = from_scale(attrs, file_scale)
     assert attrs.shape[1] == NUM_ATTRS

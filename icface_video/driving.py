@@ -21,12 +21,11 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from .attributes import NUM_AUS
+from .attributes import NUM_AUS, AttributeSeries, clip_aus
 from .controls import REGIONS
-from .csvio import read_attributes_csv
-from .media import exact_rate
-from .smoothing import SmoothConfig, smooth
-from .track import ATTR_UNITS, analyze_media
+from .csvio import AttributeTable, read_attributes_csv
+from .smoothing import SmoothConfig
+from .track import FaceTrack, analyze_media, smooth_attributes
 
 Mode = Literal["full", "pose", "expression"]
 MODES: tuple[str, ...] = ("full", "pose", "expression")
@@ -55,8 +54,12 @@ def most_neutral_frame(attrs: np.ndarray, success: np.ndarray, columns: np.ndarr
 
 
 @dataclass(frozen=True)
-class AttributeTrack:
-    """A timed attribute sequence.
+class AttributeTrack(AttributeSeries):
+    """A timed attribute sequence: the driving-signal stage.
+
+    Made from a measured clip (:meth:`from_face_track`, a :class:`FaceTrack`) or from an
+    attribute CSV (:meth:`from_table`, an :class:`AttributeTable`): smoothed, on an exact
+    frame rate, and sampled at the output's frame times (:meth:`sample`) by :func:`compose`.
 
     Attributes:
         path: where it came from.
@@ -80,9 +83,20 @@ class AttributeTrack:
     has_audio: bool = False
     heads: np.ndarray | None = None
 
-    @property
-    def num_frames(self) -> int:
-        return int(self.times.shape[0])
+    @classmethod
+    def from_face_track(cls, track: FaceTrack, smoothing: SmoothConfig = SmoothConfig()) -> "AttributeTrack":
+        """A driver from a measured video or photo: its attributes smoothed with ``smoothing``,
+        its exact rate, and its head positions (smoothed crop params)."""
+        return cls(track.info.path, track.times, track.attributes(smoothing), track.success, track.rate,
+                   is_video=not track.info.is_still, has_audio=track.info.has_audio,
+                   heads=track.smoothed_crop_params().astype(np.float64))
+
+    @classmethod
+    def from_table(cls, table: AttributeTable, smoothing: SmoothConfig = SmoothConfig()) -> "AttributeTrack":
+        """A driver from an attribute CSV: its attributes smoothed with ``smoothing`` on the rate
+        of its timestamps (no head positions: a CSV has none)."""
+        return cls(table.path, table.times, smooth_attributes(table.attrs, table.times, smoothing), table.success,
+                   table.fps)
 
     def sample(self, times: np.ndarray) -> np.ndarray:
         """(M, 20) attributes at ``times`` (s), linear in time, held past either end."""
@@ -133,15 +147,8 @@ def load_track(path: str | os.PathLike, smoothing: SmoothConfig = SmoothConfig()
     """
     p = Path(path)
     if p.suffix.lower() == ".csv":
-        table = read_attributes_csv(p, face_index=face_index)
-        attrs = smooth(table.attrs, table.times, smoothing, unit=ATTR_UNITS)
-        attrs[:, :NUM_AUS] = np.clip(attrs[:, :NUM_AUS], 0, 5)
-        return AttributeTrack(str(p), table.times, attrs, table.success, exact_rate(table.fps, tolerance=2e-3))
-    track = analyze_media(p, face_index=face_index, progress=progress)
-    fps = track.info.rate or Fraction(25)
-    return AttributeTrack(str(p), track.times, track.attributes(smoothing), track.success, fps,
-                          is_video=not track.info.is_still, has_audio=track.info.has_audio,
-                          heads=track.smoothed_crop_params().astype(np.float64))
+        return AttributeTrack.from_table(read_attributes_csv(p, face_index=face_index), smoothing)
+    return AttributeTrack.from_face_track(analyze_media(p, face_index=face_index, progress=progress), smoothing)
 
 
 def region_columns(region: str) -> np.ndarray:
@@ -214,5 +221,5 @@ def compose(source: np.ndarray, times: np.ndarray, main: AttributeTrack | None, 
             opening = np.clip((out[:, openers] - base[:, openers]).max(axis=1), 0.0, None)
             release = np.clip(opening / RELEASE_AT, 0.0, 1.0)[:, None]
             out[:, closers] -= release * base[:, closers]
-    out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0.0, 5.0)
+    clip_aus(out)
     return out

@@ -39,41 +39,10 @@ import numpy as np
 import torch
 
 from icface_video.errors import InputError
-from icface_video.mesh_warp import mesh_triangles, piecewise_affine_grid
-from icface_video.networks import identity_grid
+from icface_video.mesh_topology import EYES, NUM_LANDMARKS, EyeTopology
+from icface_video.mesh_warp import identity_grid, mesh_triangles, piecewise_affine_grid
 
 EYELIDS_NAME = "eyelids.json"
-NUM_LANDMARKS = 478
-
-
-@dataclass(frozen=True)
-class EyeTopology:
-    """One eye's landmark indices in the MediaPipe mesh.
-
-    Attributes:
-        corners: (outer, inner) corner landmarks: the eye frame's x axis runs outer -> inner.
-        upper, lower: 7 upper-lid and 7 lower-lid contour landmarks, paired across the eye
-            (``upper[i]`` faces ``lower[i]``), outer to inner.
-        ring: the ring of landmarks just above the upper lid (it moves a little in a blink).
-    """
-
-    corners: tuple[int, int]
-    upper: tuple[int, ...]
-    lower: tuple[int, ...]
-    ring: tuple[int, ...]
-
-    @property
-    def moved(self) -> tuple[int, ...]:
-        return self.upper + self.lower + self.ring
-
-
-# The subject's right eye (image left in a frontal view) and left eye.
-EYES: tuple[EyeTopology, EyeTopology] = (
-    EyeTopology((33, 133), (246, 161, 160, 159, 158, 157, 173), (7, 163, 144, 145, 153, 154, 155),
-                (247, 30, 29, 27, 28, 56, 190)),
-    EyeTopology((263, 362), (466, 388, 387, 386, 385, 384, 398), (249, 390, 373, 374, 380, 381, 382),
-                (467, 260, 259, 257, 258, 286, 414)),
-)
 
 
 @dataclass(frozen=True)

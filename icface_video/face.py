@@ -24,9 +24,9 @@ from typing import Literal
 import numpy as np
 
 from .errors import IcfaceError
+from .mesh_topology import NUM_LANDMARKS  # noqa: F401  (re-exported: train/evaluate.py imports it from here)
 
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
-NUM_LANDMARKS = 478
 
 
 class ModelMissingError(IcfaceError):

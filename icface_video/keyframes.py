@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .attributes import NUM_AUS, NUM_ATTRS
+from .attributes import NUM_ATTRS, clip_aus
 from .controls import MAX_SECONDS, attr_index, check_value, parse_quantity
 from .errors import InputError
 from .presets import smooth_interp
@@ -54,7 +54,7 @@ class Keyframes:
             if k[0, 0] > 0:
                 k = np.vstack([[0.0, float(base[index])], k])
             out[:, index] = smooth_interp(times, k[:, 0], k[:, 1])
-        out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0, 5)
+        clip_aus(out)
         return out
 
 

@@ -22,6 +22,11 @@ import numpy as np
 from .errors import InputError
 from .outputs import file_kind
 
+#: The frame rate assumed where an input gives none: a video stream without an average
+#: rate (for frames with missing timestamps), a CSV without usable timestamps, a single
+#: frame or a folder of images (``train.prepare``).
+FALLBACK_RATE = Fraction(25)
+
 # Demuxers that hold one picture (FFmpeg's image2 and the *_pipe image parsers).
 _STILL_FORMATS = {"image2", "image2pipe"}
 
@@ -170,7 +175,7 @@ def _decode_frames(container: av.container.InputContainer, path: Path, convert_f
     """Decode every frame; those before ``convert_from`` carry an empty ``rgb`` (not converted)."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    fallback_rate = float(stream.average_rate) if stream.average_rate else 25.0
+    fallback_rate = float(stream.average_rate or FALLBACK_RATE)
     index = 0
     last_time = -1.0
     try:
@@ -292,6 +297,19 @@ def nominal_rate(average: Fraction | None, guessed: Fraction | None = None) -> F
         if s in STANDARD_RATES:
             return s
     return rates[0] if rates else Fraction(0)
+
+
+def rate_from_times(times: np.ndarray, tolerance: float = 2e-3) -> Fraction:
+    """The frame rate of a timeline, exact: (N - 1) frames over its span, snapped to a
+    standard rate within ``tolerance`` (relative; the default suits rounded timestamps such
+    as a CSV's, :func:`exact_rate`); :data:`FALLBACK_RATE` for fewer than two frames or a
+    zero span.
+
+    Convention: times (N,) seconds, increasing.
+    """
+    n = len(times)
+    span = float(times[-1] - times[0]) if n >= 2 else 0.0
+    return exact_rate((n - 1) / span, tolerance) if span > 0 else FALLBACK_RATE
 
 
 def is_variable_rate(times: np.ndarray, rate: Fraction | float) -> bool:

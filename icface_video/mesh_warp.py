@@ -1,4 +1,9 @@
-"""Piecewise-affine warps over MediaPipe's face mesh.
+"""Sampling grids and warps (``grid_sample`` convention): the identity grid, the backward
+warp, and piecewise-affine warps over MediaPipe's face mesh.
+
+Grids are (B, H, W, 2): x then y, -1..1 spanning the outer pixel corners
+(``align_corners=False``). The generator (:mod:`icface_video.networks`), the eyelid warp
+and training use them; this module needs no network.
 
 The 478 MediaPipe landmarks of two views of one face are corresponding points; the
 mesh's 852 triangles (MediaPipe's face tessellation over landmarks 0..467, which leaves
@@ -17,8 +22,24 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _MIN_AREA = 0.25  # px^2: thinner target triangles (a closed eye's slivers) cover nothing
+
+
+def identity_grid(batch: int, height: int, width: int, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, H, W, 2) sampling grid of the identity warp, ``grid_sample`` convention
+    (x then y, -1..1 spanning the outer pixel corners, ``align_corners=False``)."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * 2 / height - 1
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * 2 / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1).unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Backward warp: output[y, x] = image[grid[y, x]] (bilinear, border padding)."""
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @lru_cache(maxsize=1)

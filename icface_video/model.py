@@ -37,6 +37,13 @@ from icface_video.networks import Generator, GeneratorConfig
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "generator.safetensors"
+#: What :meth:`ReenactmentModel.load` reads of a training checkpoint folder (``--model``
+#: takes one): its state file (the training config under ``config.model``), its weights
+#: file, and the prefix of the EMA generator's tensors in it. ``train.checkpoint`` writes
+#: the folder with these names (and more: the optimiser state, the discriminator).
+CHECKPOINT_STATE_NAME = "state.json"
+CHECKPOINT_WEIGHTS_NAME = "model.safetensors"
+EMA_PREFIX = "EMA"
 _AU45 = AU_NAMES.index("AU45")
 #: The AU scale of ``eyelids.json`` files (all fitted before the calibration).
 EYELID_AU_SCALE = "v1"
@@ -174,10 +181,12 @@ class ReenactmentModel:
             raise InputError(folder, "model folder not found")
         if (folder / CONFIG_NAME).is_file():
             meta_path, weights_path, prefix = folder / CONFIG_NAME, folder / WEIGHTS_NAME, ""
-        elif (folder / "state.json").is_file():
-            meta_path, weights_path, prefix = folder / "state.json", folder / "model.safetensors", "EMA."
+        elif (folder / CHECKPOINT_STATE_NAME).is_file():
+            meta_path, weights_path = folder / CHECKPOINT_STATE_NAME, folder / CHECKPOINT_WEIGHTS_NAME
+            prefix = EMA_PREFIX + "."
         else:
-            raise InputError(folder, f"neither {CONFIG_NAME} (exported model) nor state.json (checkpoint) found")
+            raise InputError(folder, f"neither {CONFIG_NAME} (exported model) nor {CHECKPOINT_STATE_NAME} "
+                                     "(checkpoint) found")
         try:
             meta = json.loads(meta_path.read_text())
             gen = meta["generator"] if prefix == "" else meta["config"]["model"]

@@ -1,4 +1,6 @@
-"""ICface networks: building blocks, one configurable generator, the three-head discriminator.
+"""ICface networks: building blocks and the one configurable generator (inference and training).
+
+The discriminator, used in training only, is :mod:`train.discriminator`.
 
 Two named generator configurations (:func:`named_config`):
 
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icface_video.attributes import NUM_ATTRS, normalize_for_network
+from icface_video.mesh_warp import identity_grid, warp
 
 Design = Literal["paper", "fast"]
 NormKind = Literal["instance", "group", "none"]
@@ -121,29 +124,6 @@ class GeneratorConfig:
         if unknown:
             raise ValueError(f"generator config: unknown keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class DiscriminatorConfig:
-    """Three-head discriminator: patch realism, 20-attribute regression, identity classes.
-
-    Attributes:
-        base_channels: channels of the first 4x4 stride-2 conv.
-        layers: stride-2 convs; the patch map is resolution / 2**layers on a side.
-        num_identities: identity classes (training people); 0 disables the identity head.
-    """
-
-    base_channels: int = 32
-    layers: int = 4
-    num_identities: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.base_channels, int) or self.base_channels < 8:
-            raise ValueError(f"base_channels: expected an integer >= 8, got {self.base_channels!r}")
-        if not isinstance(self.layers, int) or not 2 <= self.layers <= 6:
-            raise ValueError(f"layers: expected an integer in 2..6, got {self.layers!r}")
-        if not isinstance(self.num_identities, int) or self.num_identities < 0:
-            raise ValueError(f"num_identities: expected an integer >= 0, got {self.num_identities!r}")
 
 
 def named_config(name: str, **overrides: Any) -> GeneratorConfig:
@@ -251,22 +231,6 @@ class ResnetGenerator(nn.Module):
     def forward(self, image: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         x = torch.cat([image, tile_attributes(attrs, image.shape[-1])], dim=1)
         return torch.tanh(self.head(self.up(self.blocks(self.down(self.stem(x))))))
-
-
-def identity_grid(batch: int, height: int, width: int, device: torch.device | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(B, H, W, 2) sampling grid of the identity warp, ``grid_sample`` convention
-    (x then y, -1..1 spanning the outer pixel corners, ``align_corners=False``)."""
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * 2 / height - 1
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * 2 / width - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).unsqueeze(0).expand(batch, -1, -1, -1)
-
-
-def warp(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Backward warp: output[y, x] = image[grid[y, x]] (bilinear, border padding)."""
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,37 +397,6 @@ class Generator(nn.Module):
             n = min(neutral_count, source.shape[0])
             out["neutral"] = self.neutralize({k: v[:n] for k, v in cache.items()})
         return out
-
-
-class Discriminator(nn.Module):
-    """PatchGAN trunk with three heads.
-
-    Convention:
-        input: (B, 3, R, R) RGB in [-1, 1].
-        returns ``(patch, attrs, identity)``: patch (B, 1, R/2**layers, R/2**layers)
-        realism scores; attrs (B, 20) the *normalised* attributes
-        (:func:`normalize_for_network`, roughly 0..1); identity (B, num_identities)
-        logits, or None when ``num_identities == 0``.
-    """
-
-    def __init__(self, config: DiscriminatorConfig) -> None:
-        super().__init__()
-        self.config = config
-        layers: list[nn.Module] = []
-        cin, ch = 3, config.base_channels
-        for i in range(config.layers):
-            layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-            cin, ch = ch, min(ch * 2, 512)
-        self.trunk = nn.Sequential(*layers)
-        self.patch = nn.Conv2d(cin, 1, 3, 1, 1)
-        self.attrs = nn.Linear(cin, NUM_ATTRS)
-        self.identity = nn.Linear(cin, config.num_identities) if config.num_identities > 0 else None
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        h = self.trunk(image)
-        pooled = h.mean(dim=(2, 3))
-        ident = self.identity(pooled) if self.identity is not None else None
-        return self.patch(h), self.attrs(pooled), ident
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -28,6 +28,7 @@ import torch
 
 from .align import invert_matrix, transform_points
 from .mesh_topology import FACE_OVAL
+from .tensors import to_pixels
 
 
 # Fetch areas above this many pixels are sampled from the uint8 frame with OpenCV instead of
@@ -176,7 +177,7 @@ class PasteBack:
         if self.config.color_match and reference is not None:
             crops = match_colors(crops, reference.float(), self.mask_crop)
         x0, y0, x1, y1 = self.roi
-        rgb = (crops.clamp(-1, 1) + 1) * 127.5
+        rgb = to_pixels(crops)
         warped = self._warp(rgb, self.matrix.expand(b, 2, 3), (y1 - y0, x1 - x0), align_corners=True)
         return self._blend(out, frames, warped)
 
@@ -210,7 +211,7 @@ class PasteBack:
         #    fetch positions are mapped to the fetched frame area first (an affine map).
         a = self._fetch_affine
         fetch = torch.einsum("ij,bjyx->biyx", a[:, :2], grid.permute(0, 3, 1, 2)) + a[:, 2, None, None]
-        drawn = (generated.clamp(-1, 1) + 1.0) * 127.5
+        drawn = to_pixels(generated)
         stacked = torch.cat([fetch, mask.clamp(0, 1), drawn], dim=1)
         at_roi = self._remap(stacked, *(g.expand(b, h, w) for g in self._roi_grid), mode="bilinear",
                              padding_mode="border", align_corners=True, normalized_coordinates=True)

@@ -15,24 +15,38 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .align import AlignConfig, landmark_params, smooth_params
-from .attributes import NUM_ATTRS, NUM_AUS, attributes_from_face
+from .attributes import NUM_ATTRS, NUM_AUS, AttributeSeries, attributes_from_face, clip_aus
 from .errors import InputError
-from .face import NUM_LANDMARKS, FaceAnalyzer, no_face_problem
-from .media import Frame, MediaInfo, iter_frames, probe
+from .face import FaceAnalyzer, no_face_problem
+from .media import FALLBACK_RATE, Frame, MediaInfo, iter_frames, probe
+from .mesh_topology import NUM_LANDMARKS
 from .smoothing import SmoothConfig, fill_missing, smooth
 
 # Attribute units for the causal smoother: one AU unit is the full 0..5 scale, angles 1.4 rad.
 ATTR_UNITS = np.array([5.0] * NUM_AUS + [1.4] * (NUM_ATTRS - NUM_AUS), np.float32)
 
 
+def smooth_attributes(attrs: np.ndarray, times: np.ndarray, config: SmoothConfig = SmoothConfig()) -> np.ndarray:
+    """Measured attributes smoothed over time with ``config`` (units :data:`ATTR_UNITS`), AUs
+    clipped to 0..5. Convention: attrs (N, 20), gap-filled; times (N,) s; returns (N, 20)."""
+    return clip_aus(smooth(attrs, times, config, unit=ATTR_UNITS))
+
+
 @dataclass
-class FaceTrack:
-    """Per-frame face analysis of one clip (N frames; a still has N = 1).
+class FaceTrack(AttributeSeries):
+    """Per-frame face analysis of one clip (N frames; a still has N = 1): the measurement stage.
+
+    Everything measured of the followed face, raw (gap-filled, unsmoothed), with its
+    geometry (crop params, landmarks). It becomes an attribute CSV (``extract``,
+    :func:`icface_video.csvio.write_attributes_csv`), a driving signal
+    (:meth:`icface_video.driving.AttributeTrack.from_face_track`) or a source clip
+    (:class:`icface_video.source.SourceClip`).
 
     Attributes:
         info: the source's :class:`MediaInfo`.
@@ -59,18 +73,17 @@ class FaceTrack:
     extra: dict = field(default_factory=dict)
 
     @property
-    def num_frames(self) -> int:
-        return int(self.times.shape[0])
-
-    @property
     def faces_found(self) -> int:
         return int(self.success.sum())
 
+    @property
+    def rate(self) -> Fraction:
+        """The clip's frame rate, exact (:attr:`MediaInfo.rate`; 25 for a still or when unknown)."""
+        return self.info.rate or FALLBACK_RATE
+
     def attributes(self, config: SmoothConfig = SmoothConfig()) -> np.ndarray:
         """(N, 20) attributes smoothed over time with ``config`` (AUs 0..5, angles rad)."""
-        out = smooth(self.raw_attrs, self.times, config, unit=ATTR_UNITS)
-        out[:, :NUM_AUS] = np.clip(out[:, :NUM_AUS], 0.0, 5.0)
-        return out
+        return smooth_attributes(self.raw_attrs, self.times, config)
 
     def smoothed_crop_params(self, align: AlignConfig = AlignConfig()) -> np.ndarray:
         """(N, 3) crop params smoothed over time (crops of a clip must not jitter)."""

@@ -12,10 +12,10 @@ import torch
 
 from icface_video.attributes import AU_NAMES, to_scale
 from icface_video.errors import InputError
-from icface_video.eyelids import (EYELIDS_NAME, EYES, EyelidConfig, eye_frames, eye_opening, eyelid_grid,
-                                  move_lids)
+from icface_video.eyelids import EYELIDS_NAME, EyelidConfig, eye_frames, eye_opening, eyelid_grid, move_lids
+from icface_video.mesh_topology import EYES
+from icface_video.mesh_warp import identity_grid
 from icface_video.model import WEIGHTS_DIR, ReenactmentModel
-from icface_video.networks import identity_grid
 
 AU45 = AU_NAMES.index("AU45")
 

@@ -11,9 +11,10 @@ import torch
 
 from icface_video.errors import InputError
 from icface_video.model import ReenactmentModel
-from icface_video.networks import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
-                                   identity_grid, named_config)
+from icface_video.mesh_warp import identity_grid
+from icface_video.networks import Generator, GeneratorConfig, named_config
 from train.dataset import AugmentConfig, augment_batch
+from train.discriminator import Discriminator, DiscriminatorConfig
 
 torch.set_num_threads(1)
 
@@ -145,7 +146,7 @@ def test_inference_api_roundtrip_and_argument_checks(tmp_path: Path) -> None:
 
 def test_render_parts_compose_the_image(tmp_path: Path) -> None:
     """render_parts' image is mask * source[grid] + (1 - mask) * generated (what paste_parts relies on)."""
-    from icface_video.networks import warp
+    from icface_video.mesh_warp import warp
 
     cfg = _tiny_fast(64)
     model = ReenactmentModel.load(_export(tmp_path, cfg))

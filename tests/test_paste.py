@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from icface_video.networks import identity_grid
+from icface_video.mesh_warp import identity_grid
 from icface_video.paste import PasteBack
 from icface_video.source import analyze_still
 

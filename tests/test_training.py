@@ -337,7 +337,7 @@ def test_upper_lid_weight_makes_the_flow_fetch_the_upper_lid_of_a_closed_eye(tmp
     that move; with equal weights a flow that fetches the lower lid where the lids meet
     (the eye stays open) scores better than one that fetches the upper lid (the eye
     closes); with ``upper_lid_weight = 3`` it is the other way round."""
-    from icface_video.networks import identity_grid
+    from icface_video.mesh_warp import identity_grid
     from train.dataset import AU45, PairDataset
     from train.eyecheck import closed_eye_pairs
     from train.losses import LEFT_EYE, RIGHT_EYE, UPPER_LIDS, landmark_flow_loss
@@ -394,7 +394,7 @@ def test_mesh_flow_target_is_exact_for_no_motion_and_for_an_affine_motion(tmp_pa
     """On real landmarks: equal landmarks give the identity grid; a target that is an affine
     map of the source gives that map's inverse at every covered pixel (piecewise-affine
     interpolation of an affine map is exact); the face, not the background, is covered."""
-    from icface_video.networks import identity_grid
+    from icface_video.mesh_warp import identity_grid
     from train.dataset import PairDataset
     from train.mesh_flow import mesh_flow_loss, mesh_flow_target
 
@@ -430,12 +430,12 @@ def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: P
     lids meet, the mesh target's fetch jumps by most of the source eye's opening (above it
     the upper lid, below it the lower lid), and the source warped by it re-reads as
     closed-eyed (MediaPipe's AU45 rises by more than 1 on the 0..5 scale)."""
-    import cv2
-
     from icface_video.attributes import attributes_from_face, to_scale
     from icface_video.face import FaceAnalyzer
-    from icface_video.networks import identity_grid, warp
+    from icface_video.mesh_warp import identity_grid, warp
+    from icface_video.tensors import to_tensor, to_uint8
     from train.dataset import AU45, PairDataset
+    from train.evaluate import upscale
     from train.eyecheck import closed_eye_pairs
     from train.mesh_flow import mesh_flow_target
 
@@ -459,12 +459,12 @@ def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: P
             jumps.append(float(fetch_y[i, below, x] - fetch_y[i, above, x] - (below - above)) / opening)
     assert np.mean(jumps) > 0.5
 
-    source = torch.from_numpy(np.stack([clip.crops[s] for _, s, _ in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    source = to_tensor(np.stack([clip.crops[s] for _, s, _ in pairs]))
     full = torch.where(covered.permute(0, 2, 3, 1) > 0, grid.float(), identity_grid(len(pairs), size, size))
-    warped = ((warp(source, full) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    warped = to_uint8(warp(source, full))
     with FaceAnalyzer(mode="image") as fa:
         read = [to_scale(attributes_from_face(f.blendshapes, f.matrix), "v1")[AU45] for f in  # dataset's scale
-                (fa.analyze(cv2.resize(im, (256, 256), interpolation=cv2.INTER_CUBIC)) for im in warped)]
+                (fa.analyze(im) for im in upscale(warped))]
     before = np.mean([clip.attrs[s, AU45] for _, s, _ in pairs])
     assert np.mean(read) > before + 1.0
 
@@ -516,7 +516,8 @@ def test_fit_eyelids_on_a_real_blinking_clip(tmp_path: Path, faces_root: Path, c
     """``python -m train.fit_eyelids`` on 16 real frames of a clip that blinks: the openness
     curve falls with AU45, closing moves the upper lids down, and the written file loads
     (with the gain that won the calibration)."""
-    from icface_video.eyelids import EYES, EyelidConfig
+    from icface_video.eyelids import EyelidConfig
+    from icface_video.mesh_topology import EYES
     from train.fit_eyelids import main
 
     data = _tiny_real_dataset(tmp_path / "real", faces_root, frames=16)

@@ -8,7 +8,9 @@ Layout of ``<out_dir>/checkpoints/step_<NNNNNNNN>/``::
                          "num_identities", "digest", "wall_s"}
 
 ``<out_dir>/checkpoints/latest.json`` names the newest complete checkpoint. The EMA
-generator in a checkpoint loads directly into :class:`icface_video.model.ReenactmentModel`.
+generator in a checkpoint loads directly into :class:`icface_video.model.ReenactmentModel`,
+which owns the names it reads (``CHECKPOINT_STATE_NAME``, ``CHECKPOINT_WEIGHTS_NAME``,
+``EMA_PREFIX``); this module writes them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from icface_video.model import CHECKPOINT_STATE_NAME, CHECKPOINT_WEIGHTS_NAME
 
 FORMAT = 1
 
@@ -77,7 +81,7 @@ def save_checkpoint(out_dir: Path, step: int, config: dict[str, Any], modules: d
     for prefix, m in modules.items():
         for k, v in m.state_dict().items():
             model[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
-    save_file(model, str(tmp / "model.safetensors"))
+    save_file(model, str(tmp / CHECKPOINT_WEIGHTS_NAME))
     opt_tensors, opt_groups = {}, {}
     for prefix, opt in optims.items():
         t, g = _optim_tensors(opt, prefix)
@@ -85,7 +89,7 @@ def save_checkpoint(out_dir: Path, step: int, config: dict[str, Any], modules: d
         opt_groups[prefix] = g
     save_file(opt_tensors, str(tmp / "optim.safetensors"))
     state = {"format": FORMAT, "step": step, "config": config, "optim": opt_groups, **extra}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    (tmp / CHECKPOINT_STATE_NAME).write_text(json.dumps(state, indent=1))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -114,7 +118,7 @@ def find_latest(out_dir: Path) -> Path | None:
 def read_state(path: Path) -> dict[str, Any]:
     """Read and check ``state.json`` of a checkpoint folder."""
     path = Path(path)
-    sj = path / "state.json"
+    sj = path / CHECKPOINT_STATE_NAME
     if not sj.is_file():
         raise CheckpointError(f"{sj}: missing (not a checkpoint folder?)")
     try:
@@ -156,9 +160,9 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict[str,
     """Restore modules and optimisers from a checkpoint folder; returns its state.json."""
     path = Path(path)
     state = read_state(path)
-    model = read_tensors(path / "model.safetensors")
+    model = read_tensors(path / CHECKPOINT_WEIGHTS_NAME)
     for prefix, m in modules.items():
-        load_module(m, model, prefix, path / "model.safetensors")
+        load_module(m, model, prefix, path / CHECKPOINT_WEIGHTS_NAME)
     opt = read_tensors(path / "optim.safetensors")
     for prefix, o in optims.items():
         try:
@@ -180,23 +184,23 @@ def init_from_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict
     """
     path = Path(path)
     state = read_state(path)
-    model = read_tensors(path / "model.safetensors")
+    model = read_tensors(path / CHECKPOINT_WEIGHTS_NAME)
     counts: dict[str, int] = {}
     for prefix, m in modules.items():
         try:
             result = m.load_state_dict(_prefixed(model, prefix), strict=False)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} weights do not fit ({exc})") from exc
+            raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix} weights do not fit ({exc})") from exc
         if result.unexpected_keys:
-            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} has weights the network lacks: "
+            raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix} has weights the network lacks: "
                                   f"{result.unexpected_keys[:5]}")
         names = [n for n, _ in m.named_parameters()]
         missing = set(result.missing_keys)
         if any(k not in names for k in missing):
-            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix} lacks buffers {sorted(missing - set(names))}")
+            raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix} lacks buffers {sorted(missing - set(names))}")
         n_old = len(names) - len(missing)
         if any(n in missing for n in names[:n_old]):
-            raise CheckpointError(f"{path / 'model.safetensors'}: {prefix}: the new parameters "
+            raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix}: the new parameters "
                                   f"{sorted(missing)} must come last in the network")
         counts[prefix] = n_old
     opt = read_tensors(path / "optim.safetensors")

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from icface_video.attributes import AU_NAMES, AU_SCALES, NUM_ATTRS, NUM_AUS, convert_scale
+from icface_video.mesh_topology import NUM_LANDMARKS
+from icface_video.tensors import to_tensor
 
 INDEX_VERSION = 1
-NUM_LANDMARKS = 478
 _YAW, _ROLL = NUM_AUS + 1, NUM_AUS + 2
 AU45 = AU_NAMES.index("AU45")  # eye closure
 
@@ -203,12 +204,9 @@ class PairDataset:
         src = np.stack([img(self.clips[c], s) for c, s, _ in triples])
         tgt = np.stack([img(self.clips[c], t) for c, _, t in triples])
 
-        def to_t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
         return {
-            "source": to_t(src),
-            "target": to_t(tgt),
+            "source": to_tensor(src),
+            "target": to_tensor(tgt),
             "source_attrs": torch.from_numpy(np.stack([self.clips[c].attrs[s] for c, s, _ in triples])),
             "target_attrs": torch.from_numpy(np.stack([self.clips[c].attrs[t] for c, _, t in triples])),
             "source_landmarks": torch.from_numpy(np.stack([self.clips[c].landmarks[s] for c, s, _ in triples])),

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from icface_video.align import landmark_params
-from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face
+from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face, clip_aus
 from icface_video.driving import most_neutral_frame
 from icface_video.paste import grown_oval
 from train.evaluate import IdentityEmbedder, pose_error_deg
@@ -92,7 +92,8 @@ class Measure:
     """Re-extracts attributes and landmarks from full frames (one video-mode analyzer per sequence)."""
 
     def sequence(self, frames: list[np.ndarray], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from icface_video.face import NUM_LANDMARKS, FaceAnalyzer
+        from icface_video.face import FaceAnalyzer
+        from icface_video.mesh_topology import NUM_LANDMARKS
 
         attrs = np.full((len(frames), 20), np.nan, np.float32)
         lms = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
@@ -226,7 +227,7 @@ def run_cross(tracks: list[ClipTrack], methods: list[Method], frames_per: int, l
         slm, sattr = t.landmarks[s].astype(np.float64), t.attrs[s]
         ref = drv.attrs[neutral_index(drv)]
         plan = sattr + (drv.attrs[ok] - ref)
-        plan[:, :NUM_AUS] = np.clip(plan[:, :NUM_AUS], 0, 5)
+        clip_aus(plan)
         for m in methods:
             outs = [m.render(src, slm, sattr, a, None) for a in plan]
             got, lms = measure.sequence(outs, drv.times[ok])

@@ -20,7 +20,8 @@ import click
 import torch
 from safetensors.torch import save_file
 
-from icface_video.model import CONFIG_NAME, WEIGHTS_NAME, ReenactmentModel, model_au_scale
+from icface_video.model import (CHECKPOINT_WEIGHTS_NAME, CONFIG_NAME, EMA_PREFIX, WEIGHTS_NAME, ReenactmentModel,
+                                model_au_scale)
 from icface_video.networks import GeneratorConfig
 from train.checkpoint import CheckpointError, read_state, read_tensors
 
@@ -85,11 +86,11 @@ def main(checkpoint: str, out: str, fp32: bool, hardware: str, eval_markdown: st
     ckpt = Path(checkpoint)
     try:
         state = read_state(ckpt)
-        tensors = read_tensors(ckpt / "model.safetensors")
+        tensors = read_tensors(ckpt / CHECKPOINT_WEIGHTS_NAME)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from exc
     cfg = GeneratorConfig.from_dict(state["config"]["model"])
-    gen = {k[4:]: v for k, v in tensors.items() if k.startswith("EMA.")}
+    gen = {k[len(EMA_PREFIX) + 1:]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX + ".")}
     dtype = torch.float32 if fp32 else torch.float16
     meta = {"source_checkpoint": str(ckpt), "step": state["step"], "wall_s": state.get("wall_s"),
             "au_scale": model_au_scale(state), "train_config": state["config"]}

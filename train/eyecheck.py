@@ -23,12 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from icface_video.attributes import attributes_from_face, from_scale, to_scale
 from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
-from icface_video.tensors import to_uint8
 from train.dataset import AU45, PairDataset
 from train.evaluate import parse_model_spec, resolve_checkpoint
+from train.fit_eyelids import render_measured
 
 
 def closed_eye_pairs(ds: PairDataset, closed: float, per_clip: int) -> list[tuple[int, int, int]]:
@@ -78,16 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in models.items():
             found = []
             for i, (c, s, t) in enumerate(pairs):
-                clip = ds.clips[c]
-                src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-                cache = model.prepare_source(src, torch.from_numpy(from_scale(clip.attrs[s], "v1"))[None],
-                                             torch.from_numpy(clip.landmarks[s])[None])
-                img = to_uint8(model.render(cache, torch.from_numpy(from_scale(clip.attrs[t], "v1"))[None]).cpu())[0]
+                img, au45 = render_measured(model, ds.clips[c], s, t, fa)
                 if i in columns:
                     columns[i].append(img)
-                face = fa.analyze(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
-                found.append(np.nan if face is None else  # measured on the dataset's (eyelids') scale v1
-                             to_scale(attributes_from_face(face.blendshapes, face.matrix), "v1")[AU45])
+                found.append(au45)
             found = np.array(found)
             print(f"{name}: output AU45 {np.nanmean(found):.2f}, MAE {np.nanmean(np.abs(found - targets)):.2f}, "
                   f"no face {int(np.isnan(found).sum())}")

@@ -35,14 +35,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from icface_video.attributes import convert_scale
 from icface_video.errors import InputError
 from icface_video.eyelids import EyelidConfig, eyelid_grid
-from icface_video.model import EYELID_AU_SCALE, model_au_scale
-from icface_video.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from icface_video.model import EMA_PREFIX, EYELID_AU_SCALE, model_au_scale
+from icface_video.networks import Generator, GeneratorConfig
 from icface_video.runtime import tune_allocator
 from train import losses as L
 from train.checkpoint import (CheckpointError, find_latest, init_from_checkpoint, load_checkpoint, read_state,
                               save_checkpoint, state_digest)
 from train.config import ConfigError, TrainConfig, config_from_dict, load_config
 from train.dataset import AU45, DatasetError, PairDataset
+from train.discriminator import Discriminator, DiscriminatorConfig
 from train.mesh_flow import mesh_flow_loss, mesh_flow_target
 
 
@@ -124,7 +125,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "EMA": self.EMA, "D": self.D}
+        return {"G": self.G, EMA_PREFIX: self.EMA, "D": self.D}
 
     def optims(self) -> dict[str, torch.optim.Optimizer]:
         return {"optG": self.optG, "optD": self.optD}

@@ -28,16 +28,17 @@ import argparse
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 
 from icface_video.attributes import POSE_NAMES, attributes_from_face, from_scale, to_scale
-from icface_video.eyelids import EYES, EyelidConfig, eye_frames, eye_opening
+from icface_video.eyelids import EyelidConfig, eye_frames, eye_opening
 from icface_video.face import FaceAnalyzer
+from icface_video.mesh_topology import EYES
 from icface_video.model import ReenactmentModel
-from icface_video.tensors import to_uint8
+from icface_video.tensors import to_tensor, to_uint8
 from train.dataset import AU45, NUM_AUS, PairDataset
+from train.evaluate import upscale
 
 _PITCH, _YAW = NUM_AUS + POSE_NAMES.index("pitch"), NUM_AUS + POSE_NAMES.index("yaw")
 
@@ -117,6 +118,24 @@ def calibration_pairs(ds: PairDataset, levels: tuple[float, ...], max_clips: int
     return pairs
 
 
+def render_measured(model: ReenactmentModel, clip, s: int, t: int, fa: FaceAnalyzer) -> tuple[np.ndarray, float]:
+    """Clip frame ``s`` rendered by ``model`` with frame ``t``'s attributes, and its AU45 re-measured.
+
+    Convention:
+        clip: a :class:`train.dataset.PairDataset` clip (crops (N, R, R, 3) uint8,
+            attributes on the dataset's scale v1, landmarks (N, 478, 2) crop pixels).
+        fa: an image-mode :class:`FaceAnalyzer`; the crop is enlarged to
+            :data:`train.evaluate.ANALYSIS_SIZE` px first (:func:`train.evaluate.upscale`).
+        returns: the (R, R, 3) uint8 render and its AU45 on the scale v1 (NaN: no face found).
+    """
+    cache = model.prepare_source(to_tensor(clip.crops[s]), torch.from_numpy(from_scale(clip.attrs[s], "v1"))[None],
+                                 torch.from_numpy(clip.landmarks[s])[None])
+    img = to_uint8(model.render(cache, torch.from_numpy(from_scale(clip.attrs[t], "v1"))[None]).cpu())[0]
+    face = fa.analyze(upscale(img[None])[0])
+    # measured on the dataset's (eyelids') scale v1
+    return img, np.nan if face is None else float(to_scale(attributes_from_face(face.blendshapes, face.matrix), "v1")[AU45])
+
+
 def calibrate_gain(ds: PairDataset, base: EyelidConfig, model: ReenactmentModel, pairs, gains) -> list[dict]:
     """Mean |re-extracted AU45 - target AU45| of the model's outputs for each gain (step 3)."""
     rows = []
@@ -124,17 +143,7 @@ def calibrate_gain(ds: PairDataset, base: EyelidConfig, model: ReenactmentModel,
     with FaceAnalyzer(mode="image") as fa:
         for g in gains:
             model.eyelids = EyelidConfig(base.au45, base.openness, base.motion, gain=g)
-            found = []
-            for c, s, t in pairs:
-                clip = ds.clips[c]
-                src = torch.from_numpy(clip.crops[s]).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-                cache = model.prepare_source(src, torch.from_numpy(from_scale(clip.attrs[s], "v1"))[None],
-                                             torch.from_numpy(clip.landmarks[s])[None])
-                img = to_uint8(model.render(cache, torch.from_numpy(from_scale(clip.attrs[t], "v1"))[None]).cpu())[0]
-                face = fa.analyze(cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
-                found.append(np.nan if face is None else  # measured on the dataset's (eyelids') scale v1
-                             to_scale(attributes_from_face(face.blendshapes, face.matrix), "v1")[AU45])
-            found = np.array(found)
+            found = np.array([render_measured(model, ds.clips[c], s, t, fa)[1] for c, s, t in pairs])
             rows.append({"gain": g, "au45_mae": round(float(np.nanmean(np.abs(found - targets))), 4),
                          "au45_mean": round(float(np.nanmean(found)), 4), "no_face": int(np.isnan(found).sum())})
     return rows

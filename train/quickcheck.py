@@ -26,6 +26,7 @@ import torch
 
 from icface_video.attributes import from_scale
 from icface_video.model import ReenactmentModel
+from icface_video.tensors import to_uint8
 from train.dataset import PairDataset
 from train.losses import BROWS, LEFT_EYE, LIPS, RIGHT_EYE, _box_mask
 
@@ -142,7 +143,7 @@ def write_sheet(model: ReenactmentModel, data: PairDataset, path: str, rows: int
         if "mask" in full:
             cols.append(full["mask"].expand(-1, 3, -1, -1) * 2 - 1)
         lines.append(torch.cat(cols, dim=3))
-    img = ((torch.cat(lines, dim=2)[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    img = to_uint8(torch.cat(lines, dim=2))[0]
     Image.fromarray(img).save(path)
 
 

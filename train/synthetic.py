@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from icface_video.attributes import NUM_ATTRS
-from icface_video.mesh_topology import OUTER_LIPS
+from icface_video.mesh_topology import EYE_CONTOURS, OUTER_LIPS
 
 LIPS = OUTER_LIPS
-LEFT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-RIGHT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+# Each eye contour from its outer corner the other way round (lower lid first): the order
+# the synthetic eye rings are drawn in.
+LEFT_EYE, RIGHT_EYE = ((c[0],) + c[:0:-1] for c in EYE_CONTOURS)
 
 
 def _ring(cx: float, cy: float, rx: float, ry: float, n: int) -> np.ndarray:
