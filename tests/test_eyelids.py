@@ -137,3 +137,14 @@ def test_prepare_source_checks_landmarks() -> None:
     bad[0, 5, 0] = float("nan")
     with pytest.raises(ValueError, match="landmarks"):
         model.prepare_source(crop, torch.zeros(1, 20), bad)
+
+
+def test_eye_contours_are_the_lid_topology_in_polygon_order():
+    """mesh_topology derives each eye opening (the geometric renderer's polygon) from the
+    eyelid topology: outer corner, upper lid outer -> inner, inner corner, lower lid back."""
+    from icface_video.mesh_topology import EYE_CONTOURS
+
+    assert EYE_CONTOURS[0] == (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
+    for eye, contour in zip(EYES, EYE_CONTOURS):
+        assert len(contour) == len(set(contour)) == 2 + len(eye.upper) + len(eye.lower)
+        assert contour[0] == eye.corners[0] and contour[len(eye.upper) + 1] == eye.corners[1]

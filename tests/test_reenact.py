@@ -328,3 +328,46 @@ def test_analysis_cache_computes_a_key_once_across_threads(tmp_path):
     for _ in range(2):
         with pytest.raises(InputError, match="no face"):
             cache.get("still", str(f), broken)
+
+
+def test_sources_yield_batches_and_a_still_is_encoded_and_masked_once(plumbing_model, media, tmp_path, monkeypatch):
+    """The one source interface: a photo yields its one frame per batch, a clip the frame shown
+    at each output time; the render loop encodes, pastes and masks a photo's frame once and a
+    clip's frames per batch (the still-source optimisations kept without a still branch)."""
+    import icface_video.reenact as R
+    from icface_video.model import ReenactmentModel
+    from icface_video.source import SourceClip, analyze_still
+
+    model = ReenactmentModel.load(plumbing_model)
+    still = analyze_still(media["photo"], model.resolution)
+    clip = SourceClip(media["clip"], model.resolution)
+    times = clip.times[:7]
+    assert still.shape == still.rgb.shape[:2] == (256, 256)
+    photo_batches = list(still.batches(times, 3))
+    assert [len(b) for b in photo_batches] == [1, 1, 1] and all(b[0] is still for b in photo_batches)
+    clip_batches = list(clip.batches(times, 3))
+    assert [len(b) for b in clip_batches] == [3, 3, 1]
+    assert clip.shape == clip_batches[0][0].shape
+    shown = [sf.rgb for b in clip_batches for sf in b]
+    assert not np.array_equal(shown[0], shown[6])  # the clip's own frames, in turn
+
+    counts = {"encode": 0, "mask": 0, "paste": 0}
+    encode, mask, paste = R.encode_sources, R.mask_alpha, R.PasteBack
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(R, "encode_sources", counted("encode", encode))
+    monkeypatch.setattr(R, "mask_alpha", counted("mask", mask))
+    monkeypatch.setattr(R, "PasteBack", counted("paste", paste))
+    attrs = np.tile(still.attrs, (7, 1))
+    options = R.RenderOptions(renderer="network", batch_size=3,
+                              encode=R.EncodeConfig(codec="prores", alpha=True))
+    R.render_video(model, still, attrs, times, 30, tmp_path / "still.mov", options)
+    assert counts == {"encode": 1, "mask": 1, "paste": 2}  # one paste-back, one inside the mask
+    counts.update(encode=0, mask=0, paste=0)
+    R.render_video(model, clip, attrs, times, 30, tmp_path / "clip.mov", options)
+    assert counts == {"encode": 3, "mask": 7, "paste": 14}  # per batch; per frame
