@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .attributes import NUM_ATTRS, NUM_AUS
+from .attributes import NUM_ATTRS, clip_aus
 from .errors import InputError, UsageError
 from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
@@ -208,8 +208,7 @@ class Reenactor:
         if a is None or a.ndim != 2 or a.shape[1] != NUM_ATTRS or len(a) == 0 or not np.isfinite(a).all():
             raise UsageError(f"attrs: expected finite (N, {NUM_ATTRS}) or ({NUM_ATTRS},) attributes, got "
                              f"{getattr(attrs, 'shape', type(attrs).__name__)}")
-        a = a.copy()
-        a[:, :NUM_AUS] = np.clip(a[:, :NUM_AUS], 0.0, 5.0)
+        a = clip_aus(a.copy())
         dev = self.model.device
         out = []
         for b0 in range(0, len(a), self.batch_size):
@@ -250,8 +249,7 @@ class Reenactor:
         h, w = pictures[0].shape[:2]
         info = MediaInfo("frames", len(pictures) == 1, w, h, float(fps), len(pictures), len(pictures) / fps, 0, False)
         track = analyze_frames((Frame(i, i / fps, p) for i, p in enumerate(pictures)), info, face_index=index)
-        return AttributeTrack("frames", track.times, track.attributes(SmoothConfig(smooth, smooth_strength)),
-                              track.success, float(fps))
+        return AttributeTrack.from_face_track(track, SmoothConfig(smooth, smooth_strength))
 
     def drive(self, frames: Sequence[np.ndarray], mode: str = DEFAULTS.mode, relative: bool = True,
               fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: str = DEFAULTS.smooth,

@@ -24,7 +24,7 @@ from .driving import AttributeTrack, compose
 from .encode import EncodeConfig, frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .keyframes import Keyframes
-from .media import exact_rate, is_variable_rate, probe, rate_json, uniform_times
+from .media import FALLBACK_RATE, exact_rate, is_variable_rate, probe, rate_json, uniform_times
 from .memo import AnalysisCache, cached_track, driver_label
 from .options import DEFAULTS, ReenactOptions
 from .paste import PasteConfig
@@ -110,7 +110,7 @@ class AnimateJob:
     presets: list[Preset] = field(default_factory=list)
     sets: list[Op] = field(default_factory=list)
     duration: float | None = None
-    fps: Fraction | float = Fraction(25)
+    fps: Fraction | float = FALLBACK_RATE
     ramp: float = 0.25
     source_index: int = DEFAULTS.face_index
     render: RenderOptions = field(default_factory=RenderOptions)
@@ -257,7 +257,7 @@ def plan_attributes(job: ReenactJob | AnimateJob, resolution: int,
     if primary is not None:
         times, fps = primary.times, primary.fps
     else:
-        times, fps = source.times, source.track.info.rate or Fraction(25)
+        times, fps = source.times, source.track.rate
     if is_variable_rate(times, fps):
         times = uniform_times(times, fps)  # frame k shown at k / fps: picture and audio in step
     times = cut_timeline(times, job.start, job.duration, primary.path if primary is not None else job.source)
