@@ -33,7 +33,7 @@ from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
 # (the options' CLI-only ones that a call can take).
-EXTRA_OPTIONS = ("model", "device", "overwrite")
+EXTRA_OPTIONS = ("model", "device", "overwrite", "progress")
 
 
 def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
@@ -84,7 +84,8 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
             (:data:`icface_video.options.BATCH_FIELDS`, defaults and ranges in
             :class:`icface_video.options.ReenactOptions`), ``overwrite`` (default False),
             ``model`` (a folder, or a model from :func:`load_model`, so many calls share one
-            loaded model) and ``device``.
+            loaded model), ``device`` and ``progress`` (called as ``progress(stage, done,
+            total)`` while it runs: the command line's progress rows, ``studio``'s bar).
 
     Returns:
         dict: output, frames, fps, width, height, audio, seconds, stage_seconds,
@@ -111,6 +112,9 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
     if not isinstance(overwrite, bool):
         raise UsageError(f"overwrite: expected True or False, got {overwrite!r}")
     model, device = options.pop("model", None), options.pop("device", DEFAULTS.device)
+    progress = options.pop("progress", None)
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress: expected a function (stage, done, total), got {type(progress).__name__}")
     out = str(Path(output).expanduser().resolve())
     check_output(out, overwrite)
     row = {k: v for k, v in options.items() if v is not None}
@@ -128,7 +132,7 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
             raise InputError(row.get(first.field, first.field), message)
         raise UsageError(message)
     job = B.to_reenact_job(specs[0], overwrite)
-    return run_reenact(job, _model_of(model, device, job.eyelids), cache=AnalysisCache())
+    return run_reenact(job, _model_of(model, device, job.eyelids), progress, cache=AnalysisCache())
 
 
 def _check_rgb(name: str, rgb) -> np.ndarray:

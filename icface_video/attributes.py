@@ -39,6 +39,14 @@ AU_NAMES: tuple[str, ...] = (
 POSE_NAMES: tuple[str, ...] = ("pitch", "yaw", "roll")
 ATTR_NAMES: tuple[str, ...] = AU_NAMES + POSE_NAMES
 NUM_AUS = len(AU_NAMES)
+# What each AU is, in words (FACS names; the README's "Action Units from blendshapes" table).
+AU_DESCRIPTIONS: dict[str, str] = {
+    "AU01": "inner brow raiser", "AU02": "outer brow raiser", "AU04": "brow lowerer",
+    "AU05": "upper lid raiser", "AU06": "cheek raiser", "AU07": "lid tightener", "AU09": "nose wrinkler",
+    "AU10": "upper lip raiser", "AU12": "lip corner puller (smile)", "AU14": "dimpler",
+    "AU15": "lip corner depressor", "AU17": "chin raiser", "AU20": "lip stretcher", "AU23": "lip tightener",
+    "AU25": "lips part", "AU26": "jaw drop", "AU45": "blink",
+}
 NUM_ATTRS = len(ATTR_NAMES)
 AU_MAX = 5.0
 

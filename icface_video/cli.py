@@ -534,6 +534,45 @@ def batch(jobs_file, outdir, source_glob, driving_glob, zip_pairs, workers, resu
         raise click.exceptions.Exit(B.EXIT_SOME_FAILED)
 
 
+# -- studio ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("source", required=False, type=click.Path(path_type=str))
+@click.option("--driving", "-d", type=click.Path(path_type=str), default=None, help="Driving clip to load.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True, help="Port (0: a free one).")
+@click.option("--no-browser", is_flag=True, help="Do not open the page in a browser.")
+@click.option("--out", "outdir", type=click.Path(file_okay=False, path_type=str), default="studio-out", show_default=True,
+              help="Folder for exported presets, keyframes, videos and uploads.")
+@click.option("--preset", "preset_files", multiple=True, type=click.Path(path_type=str),
+              help="A preset TOML file to add to the presets menu (repeatable).")
+@click.option("--max-upload-mb", type=FiniteFloatRange(min=0.001), default=200.0, show_default=True,
+              help="Largest upload accepted.")
+@device_option
+def studio(source, driving, host, port, no_browser, outdir, preset_files, max_upload_mb, device) -> None:
+    """A local page with the AU and head-pose sliders, a live preview, a driving clip's
+    timeline and exports (preset, keyframes, video, command line). Ctrl-C stops it."""
+    from pathlib import Path
+
+    from .studio import require_extra
+
+    require_extra()
+    from .studio.server import bind, serve
+    from .studio.session import Studio
+
+    bind(host, port).close()  # a taken port is one line before the model loads
+    session = Studio(outdir, device)
+    if source:
+        session.load_source(source)
+    if driving:
+        session.load_clip(driving)
+    for f in preset_files:
+        session.add_user_preset(Path(f))
+    serve(session, host, port, open_browser=not no_browser, max_upload_mb=max_upload_mb,
+          announce=lambda line: click.echo(line, err=True))
+
+
 # -- entry point --------------------------------------------------------------------
 
 

@@ -1,0 +1,627 @@
+"""The studio's state and actions, without HTTP: one source photo, an optional driving
+clip, slider values, and what they become (a preview, a preset, keyframes, a command
+line, a video).
+
+Every render goes through the package's own pieces, so the page shows what the command
+line makes: slider values become ``--set`` expressions (:func:`set_expressions`) that are
+parsed with :func:`icface_video.controls.parse_set` and applied with
+:func:`~icface_video.controls.apply_ops`; a driving clip is composed with
+:func:`icface_video.driving.compose` (the ``reenact`` options ``--mode``, ``--pose-from``
+..., ``--relative``, ``--smooth``); frames are drawn by the default geometric renderer
+(:class:`icface_video.geo_render.GeometryStage`, as ``edit``); a whole video goes through
+:func:`icface_video.api.reenact` (with a clip) or the ``animate`` pipeline (keyframes from
+:mod:`icface_video.keyframes`, :func:`icface_video.reenact.render_video`).
+
+Slider values (``values``) are a dict of attribute name -> number: AUs on the calibrated
+0..5 scale, angles in **degrees** (the page's unit). Without a clip the values are
+absolute (``--set AU12=4``); with a clip each slider's difference from the source's own
+value is an offset on top of the driven value (``--set AU12+=1.5``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..attributes import ATTR_NAMES, AU_DESCRIPTIONS, AU_NAMES, NUM_AUS, from_scale
+from ..controls import REGIONS, apply_ops, parse_set
+from ..errors import InputError, UsageError
+
+#: Face regions of the sliders, in page order (``controls.REGIONS``).
+SLIDER_REGIONS: tuple[str, ...] = ("brows", "eyes", "mouth", "pose")
+ANGLE_RANGE_DEG = 45.0
+#: Parts a driving clip may drive (page toggles), as ``controls.REGIONS`` names.
+DRIVE_PARTS: tuple[str, ...] = ("pose", "brows", "eyes", "mouth")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def slider_definitions() -> list[dict]:
+    """The 20 sliders: name, words, region, range, step, unit, and for AUs ``model_top``:
+    the calibrated value above which the shipped models read the same (the scale's top)."""
+    tops = from_scale(np.full((1, NUM_AUS), 5.0, np.float32), "v1")[0]
+    out = []
+    for region in SLIDER_REGIONS:
+        for name in REGIONS[region]:
+            if name in AU_NAMES:
+                j = AU_NAMES.index(name)
+                out.append({"name": name, "label": AU_DESCRIPTIONS[name], "region": region, "min": 0.0,
+                            "max": 5.0, "step": 0.05, "unit": "", "model_top": round(float(tops[j]), 2)})
+            else:
+                out.append({"name": name, "label": f"head {name}", "region": region, "min": -ANGLE_RANGE_DEG,
+                            "max": ANGLE_RANGE_DEG, "step": 0.5, "unit": "deg", "model_top": None})
+    return out
+
+
+def drive_controls() -> list[dict]:
+    """The drive-from-clip controls, named as the ``reenact`` options they set (the page
+    builds its widgets from this list)."""
+    from ..smoothing import SMOOTH_METHODS
+
+    return [
+        {"name": "parts", "flag": "--mode / --pose-from --brows-from --eyes-from --mouth-from", "kind": "multi",
+         "choices": list(DRIVE_PARTS), "default": list(DRIVE_PARTS), "help": "Which parts the clip drives."},
+        {"name": "relative", "flag": "--relative/--absolute", "kind": "bool", "default": True,
+         "help": "Apply the clip's changes from its most neutral frame to the source's own values (relative), "
+                 "or copy its values (absolute)."},
+        {"name": "smooth", "flag": "--smooth", "kind": "choice", "choices": list(SMOOTH_METHODS),
+         "default": "gaussian", "help": "Temporal smoothing of the clip's attributes."},
+        {"name": "smooth_strength", "flag": "--smooth-strength", "kind": "float", "min": 0.1, "max": 10.0,
+         "step": 0.1, "default": 1.0, "help": "Smoothing strength (1 = about one frame at 25 fps)."},
+    ]
+
+
+def safe_name(name: object, suffix: str) -> str:
+    """A plain file name ``NAME`` + ``suffix`` for files the studio writes (no folders, no
+    leading dot). Raises UsageError otherwise."""
+    text = str(name or "").strip()
+    if text.lower().endswith(suffix):
+        text = text[: -len(suffix)]
+    if not NAME_RE.fullmatch(text):
+        raise UsageError(f"name {str(name)!r}: use letters, digits, '.', '_' or '-' (no folders), up to 64")
+    return text + suffix
+
+
+def _number(values: dict, name: str) -> float:
+    v = values.get(name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise UsageError(f"values.{name}: expected a number, got {v!r}")
+    return float(v)
+
+
+def set_expressions(values: dict, source_attrs: np.ndarray, offsets: bool) -> list[str]:
+    """The ``--set`` expressions for slider values that differ from the source's own.
+
+    Args:
+        values: attribute name -> slider value (AUs 0..5, angles degrees); missing = the source's.
+        source_attrs: (20,) the source's measured attributes (angles radians).
+        offsets: True with a driving clip (``AU12+=1.5``: on top of the driven value),
+            False for a still (``AU12=4``).
+    """
+    out = []
+    for i, name in enumerate(ATTR_NAMES):
+        if name not in values:
+            continue
+        angle = i >= NUM_AUS
+        own = math.degrees(float(source_attrs[i])) if angle else float(source_attrs[i])
+        v = _number(values, name)
+        delta = round(v - own, 2)
+        if abs(delta) < (0.25 if angle else 0.025):
+            continue
+        unit = "deg" if angle else ""
+        if offsets:
+            out.append(f"{name}{'+=' if delta >= 0 else '-='}{abs(delta):g}{unit}")
+        else:
+            out.append(f"{name}={round(v, 2):g}{unit}")
+    return out
+
+
+@dataclass
+class DriveSpec:
+    """How a driving clip drives: the page's toggles as ``reenact`` options.
+
+    All four parts: ``--driving`` (mode full); pose alone: ``--mode pose``; brows, eyes and
+    mouth: ``--mode expression``; any other set: part drivers (``--pose-from`` ...).
+    """
+
+    parts: tuple[str, ...]
+    relative: bool = True
+    smooth: str = "gaussian"
+    smooth_strength: float = 1.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DriveSpec":
+        from ..smoothing import SMOOTH_METHODS
+
+        parts = data.get("parts", list(DRIVE_PARTS))
+        if not isinstance(parts, list) or not parts or any(p not in DRIVE_PARTS for p in parts):
+            raise UsageError(f"parts: expected a non-empty list of {', '.join(DRIVE_PARTS)}, got {parts!r}")
+        relative = data.get("relative", True)
+        if not isinstance(relative, bool):
+            raise UsageError(f"relative: expected true or false, got {relative!r}")
+        smooth = data.get("smooth", "gaussian")
+        if smooth not in SMOOTH_METHODS:
+            raise UsageError(f"smooth: expected one of {', '.join(SMOOTH_METHODS)}, got {smooth!r}")
+        strength = data.get("smooth_strength", 1.0)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.001 <= strength <= 100:
+            raise UsageError(f"smooth_strength: expected a number within 0.001..100, got {strength!r}")
+        return cls(tuple(p for p in DRIVE_PARTS if p in parts), relative, smooth, float(strength))
+
+    def layout(self) -> tuple[str | None, dict[str, bool]]:
+        """(mode of the main driver or None, part regions driven by part drivers)."""
+        parts = set(self.parts)
+        if parts == set(DRIVE_PARTS):
+            return "full", {}
+        if parts == {"pose"}:
+            return "pose", {}
+        if parts == {"brows", "eyes", "mouth"}:
+            return "expression", {}
+        return None, {p: True for p in self.parts}
+
+    def reenact_options(self, clip: str) -> dict:
+        """``icface_video.api.reenact`` keyword options (also the ``batch`` job fields)."""
+        mode, parts = self.layout()
+        out: dict = {"driving": clip if mode else None}
+        if mode and mode != "full":
+            out["mode"] = mode
+        for p in parts:
+            out[f"{p}_from"] = clip
+        out["relative"] = self.relative
+        if self.smooth != "gaussian":
+            out["smooth"] = self.smooth
+        if self.smooth_strength != 1.0:
+            out["smooth_strength"] = self.smooth_strength
+        return out
+
+
+def command_line(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in ["icface-video", *args])
+
+
+def reenact_argv(source: str, output: str, options: dict, sets: list[str]) -> list[str]:
+    """The ``icface-video reenact`` arguments of :func:`icface_video.api.reenact` options."""
+    argv = ["reenact", "-s", source]
+    if options.get("driving"):
+        argv += ["-d", options["driving"]]
+    if options.get("mode"):
+        argv += ["--mode", options["mode"]]
+    for p in DRIVE_PARTS:
+        if options.get(f"{p}_from"):
+            argv += [f"--{p}-from", options[f"{p}_from"]]
+    argv.append("--relative" if options.get("relative", True) else "--absolute")
+    if "smooth" in options:
+        argv += ["--smooth", options["smooth"]]
+    if "smooth_strength" in options:
+        argv += ["--smooth-strength", f"{options['smooth_strength']:g}"]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + ["-o", output]
+
+
+def batch_job_toml(source: str, output: str, options: dict, sets: list[str]) -> str:
+    """The same job as one ``[[job]]`` table of a ``batch`` TOML job file."""
+    import json
+
+    lines = ["[[job]]", f"source = {json.dumps(source)}"]
+    for key, value in options.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    if sets:
+        lines.append(f"set = {json.dumps(sets)}")
+    lines.append(f"output = {json.dumps(output)}")
+    return "\n".join(lines) + "\n"
+
+
+def preset_toml(description: str, values: dict, source_attrs: np.ndarray, offsets: bool) -> str:
+    """A preset file of the slider values: ``[set]`` (a still) or ``[add]`` (offsets on a clip)."""
+    import json
+
+    exprs = set_expressions(values, source_attrs, offsets)
+    if not exprs:
+        raise UsageError("no slider differs from the source's own values: nothing to save")
+    table = "add" if offsets else "set"
+    lines = [f"description = {json.dumps(description or 'made in icface-video studio')}", "", f"[{table}]"]
+    for e in exprs:
+        m = re.fullmatch(r"([A-Za-z0-9]+)(\+=|-=|=)(-?[0-9.e+]+)(deg)?", e)
+        name, op, number, unit = m.groups()
+        value = -float(number) if op == "-=" else float(number)
+        lines.append(f'{name} = "{value:g}deg"' if unit else f"{name} = {value:g}")
+    return "\n".join(lines) + "\n"
+
+
+def keyframes_toml(keys: list[dict], source_attrs: np.ndarray) -> str:
+    """A keyframe file (:mod:`icface_video.keyframes`) of keys ``{"time": s, "values": {...}}``.
+
+    Every attribute that differs from the source's own value in any key is written in every
+    key (absolute values: AUs 0..5, angles as ``"Ndeg"``).
+    """
+    if not isinstance(keys, list) or not keys:
+        raise UsageError("keys: add at least one key")
+    rows = []
+    for n, k in enumerate(keys, start=1):
+        if not isinstance(k, dict) or not isinstance(k.get("values"), dict):
+            raise UsageError(f"keys[{n}]: expected {{time, values}}")
+        t = k.get("time")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 3600:
+            raise UsageError(f"keys[{n}]: time must be within 0..3600 s, got {t!r}")
+        rows.append((float(t), k["values"]))
+    rows.sort(key=lambda r: r[0])
+    if len({t for t, _ in rows}) != len(rows):
+        raise UsageError("keys: two keys at the same time")
+    changed = [n for n in ATTR_NAMES if any(set_expressions({n: v[n]}, source_attrs, False) for _, v in rows if n in v)]
+    if not changed:
+        raise UsageError("keys: no key differs from the source's own values")
+    own = {n: (math.degrees(float(source_attrs[i])) if i >= NUM_AUS else float(source_attrs[i]))
+           for i, n in enumerate(ATTR_NAMES)}
+    lines = []
+    for t, v in rows:
+        lines += ["[[key]]", f"time = {t:g}"]
+        for n in changed:
+            value = round(_number(v, n) if n in v else own[n], 2)
+            lines.append(f'{n} = "{value:g}deg"' if ATTR_NAMES.index(n) >= NUM_AUS else f"{n} = {value:g}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Job:
+    """A whole-video render running in a thread: progress for the page's bar."""
+
+    output: str
+    command: str
+    state: str = "running"  # running | done | failed | cancelled
+    stage: str = "starting"
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    summary: dict | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def as_json(self) -> dict:
+        return {"output": Path(self.output).name, "command": self.command, "state": self.state, "stage": self.stage,
+                "done": self.done, "total": self.total, "error": self.error}
+
+
+class Cancelled(Exception):
+    """Raised inside a render when the studio stops (the output is then not written)."""
+
+
+class Studio:
+    """One studio: the model, the output folder, the source, the clip and the render job.
+
+    Args:
+        outdir: where exports, renders and uploads go (created).
+        device: compute device name (as ``--device``).
+        max_preview_side: drafts (while a slider moves) are rendered with the picture's
+            longer side at most this many pixels; the full size on release.
+    """
+
+    def __init__(self, outdir: str | Path, device: str = "auto", max_preview_side: int = 512) -> None:
+        from ..api import load_model
+        from ..reenact import RenderOptions, geometry_stage
+
+        self.outdir = Path(outdir).expanduser().resolve()
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.model = load_model(None, device)
+        self._geo = geometry_stage(self.model, RenderOptions())
+        self._draft_geo = geometry_stage(self.model, RenderOptions())
+        self.max_preview_side = int(max_preview_side)
+        self.lock = threading.RLock()
+        self.source_path: str | None = None
+        self.still = None
+        self._draft = None
+        self.clip_path: str | None = None
+        self._clip_face = None  # FaceTrack of the clip
+        self._tracks: dict = {}
+        self.thumbs: list[bytes] = []
+        self.user_presets: dict[str, Path] = {}
+        self.files: dict[str, Path] = {}  # what the page may download: the files this studio wrote
+        self.job: Job | None = None
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def load_source(self, path: str | Path) -> dict:
+        """Analyse a photo; raises InputError (not a photo, no face)."""
+        from ..media import load_image, probe
+        from ..reenact import still_from_rgb
+
+        p = Path(path)
+        info = probe(p)
+        if not info.is_still:
+            raise InputError(p, "the studio edits a photo: this is a video (load it as the driving clip)")
+        still = still_from_rgb(load_image(p), self.model.resolution, 0, p)
+        with self.lock:
+            self.source_path, self.still, self._draft = str(p), still, self._make_draft(still)
+        return self.source_info()
+
+    def _make_draft(self, still):
+        import cv2
+
+        h, w = still.rgb.shape[:2]
+        k = self.max_preview_side / max(h, w)
+        if k >= 1:
+            return None
+        size = (max(16, round(w * k)), max(16, round(h * k)))
+        rgb = cv2.resize(still.rgb, size, interpolation=cv2.INTER_AREA)
+        scale = np.array([size[0] / w, size[1] / h, size[0] / w], np.float32)
+        return rgb, (still.landmarks * scale).astype(still.landmarks.dtype)
+
+    def source_info(self) -> dict | None:
+        if self.still is None:
+            return None
+        a = self.still.attrs
+        values = {n: round(math.degrees(float(a[i])) if i >= NUM_AUS else float(a[i]), 2)
+                  for i, n in enumerate(ATTR_NAMES)}
+        h, w = self.still.rgb.shape[:2]
+        return {"name": Path(self.source_path).name, "path": self.source_path, "width": w, "height": h,
+                "values": values}
+
+    def load_clip(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Analyse a driving video (faces, attributes) and keep small frames for the timeline."""
+        import cv2
+
+        from ..media import iter_frames, probe
+        from ..track import analyze_media
+
+        p = Path(path)
+        info = probe(p)
+        if info.is_still:
+            raise InputError(p, "a driving clip must be a video, not a photo")
+        if info.duration > 600:
+            raise InputError(p, f"the studio takes clips up to 10 minutes ({info.duration:.0f} s)")
+        face = analyze_media(p, progress=progress)
+        if not face.success.any():
+            raise InputError(p, "no face found in any frame of the driving clip")
+        thumbs = []
+        for fr in iter_frames(p):
+            h, w = fr.rgb.shape[:2]
+            k = min(1.0, 256 / max(h, w))
+            small = cv2.resize(fr.rgb, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA) if k < 1 else fr.rgb
+            thumbs.append(cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+        with self.lock:
+            self.clip_path, self._clip_face, self._tracks, self.thumbs = str(p), face, {}, thumbs
+        return self.clip_info()
+
+    def clip_info(self) -> dict | None:
+        if self._clip_face is None:
+            return None
+        t = self._clip_face.times
+        return {"name": Path(self.clip_path).name, "path": self.clip_path, "frames": int(len(t)),
+                "times": [round(float(x), 4) for x in t], "fps": round(float(self._clip_face.info.fps or 25), 3)}
+
+    def track(self, smooth: str, strength: float):
+        """The clip as an :class:`~icface_video.driving.AttributeTrack` with this smoothing
+        (what :func:`icface_video.driving.load_track` gives for it; analysed once)."""
+        from fractions import Fraction
+
+        from ..driving import AttributeTrack
+        from ..smoothing import SmoothConfig
+
+        key = (smooth, strength)
+        if key not in self._tracks:
+            f = self._clip_face
+            self._tracks[key] = AttributeTrack(self.clip_path, f.times, f.attributes(SmoothConfig(smooth, strength)),
+                                               f.success, f.info.rate or Fraction(25), is_video=True,
+                                               has_audio=f.info.has_audio,
+                                               heads=f.smoothed_crop_params().astype(np.float64))
+        return self._tracks[key]
+
+    def add_user_preset(self, path: Path) -> str:
+        """Add a user's preset file to the menu (validated); returns its menu name."""
+        from .. import presets as P
+
+        preset = P.parse(path)
+        name = f"{preset.name} (file)"
+        self.user_presets[name] = path
+        return name
+
+    def preset_names(self) -> list[str]:
+        from .. import presets as P
+
+        return P.builtin_names() + sorted(self.user_presets)
+
+    # -- attributes and pictures ------------------------------------------------------
+
+    def _need_source(self):
+        if self.still is None:
+            raise UsageError("no source photo loaded: open one first")
+        return self.still
+
+    def attributes(self, values: dict, drive: dict | None = None, time: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+        """(20,) the attributes on screen, and the head placement (absolute driving) or None."""
+        from ..align import landmark_params
+        from ..driving import compose
+
+        still = self._need_source()
+        offsets = drive is not None
+        ops = [parse_set(e) for e in set_expressions(values, still.attrs, offsets)]
+        if drive is None:
+            return apply_ops(still.attrs[None], ops)[0], None
+        if self._clip_face is None:
+            raise UsageError("no driving clip loaded")
+        spec = DriveSpec.from_json(drive)
+        if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
+            raise UsageError(f"time: expected seconds, got {time!r}")
+        track = self.track(spec.smooth, spec.smooth_strength)
+        mode, parts = spec.layout()
+        times = np.array([float(time)])
+        attrs = compose(still.attrs, times, track if mode else None, {p: track for p in parts}, mode or "full",
+                        spec.relative)
+        placement = None
+        if not spec.relative and "pose" in spec.parts:
+            placement = track.placement(times, float(landmark_params(still.landmarks)[2]))[0]
+        return apply_ops(attrs, ops)[0], placement
+
+    def render(self, values: dict, drive: dict | None = None, time: float = 0.0, draft: bool = False) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: the source with the values (a draft: at most
+        ``max_preview_side`` a side)."""
+        attrs, placement = self.attributes(values, drive, time)
+        with self.lock:
+            still = self.still
+            if draft and self._draft is not None:
+                rgb, lm = self._draft
+                k = rgb.shape[1] / still.rgb.shape[1]
+                if placement is not None:
+                    placement = np.array([placement[0] * k, placement[1] * k, placement[2]])
+                return self._draft_geo.render(rgb, lm, still.attrs, attrs, placement)
+            return self._geo.render(still.rgb, still.landmarks, still.attrs, attrs, placement)
+
+    def apply_preset(self, name: str, values: dict) -> dict:
+        """The slider values after a preset (its operations at its full intensity; a
+        timeline's shape is for videos)."""
+        from .. import presets as P
+
+        self._need_source()
+        path = self.user_presets.get(name) or P.resolve(name)
+        if name not in self.user_presets and name not in P.builtin_names():
+            raise UsageError(f"preset {name!r}: not in the menu")
+        preset = P.parse(path)
+        attrs, _ = self.attributes(values)
+        out = apply_ops(attrs[None], preset.ops, preset.intensity)[0]
+        return {n: round(math.degrees(float(out[i])) if i >= NUM_AUS else float(out[i]), 2)
+                for i, n in enumerate(ATTR_NAMES)}
+
+    # -- exports ------------------------------------------------------------------------
+
+    def _write(self, name: str, text: str, overwrite: bool) -> Path:
+        from ..outputs import atomic_output
+
+        path = self.outdir / name
+        with atomic_output(path, overwrite) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+        self.files[name] = path
+        return path
+
+    def export_preset(self, name: str, description: str, values: dict, drive: dict | None, overwrite: bool) -> dict:
+        from .. import presets as P
+
+        still = self._need_source()
+        text = preset_toml(description, values, still.attrs, drive is not None)
+        path = self._write(safe_name(name, ".toml"), text, overwrite)
+        problems = P.problems(path)
+        if problems:  # never expected: the file is made from checked values
+            raise InputError(path, str(problems[0]))
+        self.user_presets.setdefault(f"{path.stem} (file)", path)
+        return {"file": path.name, "path": str(path), "text": text,
+                "command": command_line(["presets", "validate", str(path)])}
+
+    def export_keyframes(self, name: str, keys: list, overwrite: bool) -> dict:
+        from ..keyframes import load_keyframes
+
+        still = self._need_source()
+        text = keyframes_toml(keys, still.attrs)
+        path = self._write(safe_name(name, ".toml"), text, overwrite)
+        load_keyframes(path)  # raises InputError if it would not be read back
+        return {"file": path.name, "path": str(path), "text": text}
+
+    def commands(self, values: dict, drive: dict | None, output: str = "studio.mp4",
+                 keyframes: str | None = None) -> dict:
+        """What is on screen as command lines: the picture (``edit``), the video
+        (``reenact`` with a clip, else ``animate``) and the video as a ``batch`` job."""
+        still = self._need_source()
+        out_video = str(self.outdir / safe_name(output, ".mp4"))
+        if drive is not None:
+            if self.clip_path is None:
+                raise UsageError("no driving clip loaded")
+            sets = set_expressions(values, still.attrs, True)
+            options = DriveSpec.from_json(drive).reenact_options(self.clip_path)
+            return {"video": command_line(reenact_argv(self.source_path, out_video, options, sets)),
+                    "batch": batch_job_toml(self.source_path, out_video, options, sets), "kind": "reenact"}
+        sets = set_expressions(values, still.attrs, False)
+        edit = ["edit", "-s", self.source_path] + [x for s in sets for x in ("--set", s)] + \
+            ["-o", str(self.outdir / "studio.png")]
+        if keyframes:
+            video = ["animate", "-s", self.source_path, "--keyframes", keyframes, "-o", out_video]
+        else:
+            video = ["animate", "-s", self.source_path] + [x for s in sets for x in ("--set", s)] + \
+                ["--duration", "3", "-o", out_video]
+        return {"still": command_line(edit) if sets else None,
+                "video": command_line(video) if (sets or keyframes) else None, "kind": "animate"}
+
+    # -- whole videos ------------------------------------------------------------------
+
+    def start_render(self, values: dict, drive: dict | None, output: str, keys: list | None,
+                     overwrite: bool) -> Job:
+        """Start rendering the whole video in a thread; returns its :class:`Job`."""
+        from ..outputs import check_output
+
+        still = self._need_source()
+        if self.job is not None and self.job.state == "running":
+            raise UsageError("a video is already being rendered")
+        name = safe_name(output, ".mp4")
+        out = self.outdir / name
+        check_output(out, overwrite)
+        keyfile = None
+        if drive is None and keys:
+            keyfile = self.export_keyframes(Path(name).stem + ".keys", keys, True)["path"]
+        cmds = self.commands(values, drive, name, keyfile)
+        if cmds["video"] is None:
+            raise UsageError("nothing to render: move a slider, add keys or load a driving clip")
+        job = Job(str(out), cmds["video"])
+        if drive is not None:
+            sets = set_expressions(values, still.attrs, True)
+            options = DriveSpec.from_json(drive).reenact_options(self.clip_path)
+            work = lambda progress: self._render_reenact(out, options, sets, overwrite, progress)  # noqa: E731
+        else:
+            sets = set_expressions(values, still.attrs, False)
+            work = lambda progress: self._render_animate(out, keyfile, sets, overwrite, progress)  # noqa: E731
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if job.cancel.is_set():
+                raise Cancelled()
+            job.stage, job.done, job.total = stage, int(done), int(total)
+
+        def run() -> None:
+            try:
+                job.summary = work(progress)
+                job.state = "done"
+                self.files[name] = out
+            except Cancelled:
+                job.state, job.error = "cancelled", "stopped"
+            except Exception as exc:  # noqa: BLE001 - shown on the page as one line
+                job.state, job.error = "failed", str(exc) if hasattr(exc, "exit_code") else f"{type(exc).__name__}: {exc}"
+
+        self.job = job
+        job.thread = threading.Thread(target=run, name="studio-render", daemon=True)
+        job.thread.start()
+        return job
+
+    def _render_reenact(self, out: Path, options: dict, sets: list[str], overwrite: bool, progress) -> dict:
+        from ..api import reenact
+
+        driving = options.pop("driving", None)
+        return reenact(self.source_path, driving, out, set=sets, overwrite=overwrite, model=self.model,
+                       progress=progress, **options)
+
+    def _render_animate(self, out: Path, keyfile: str | None, sets: list[str], overwrite: bool, progress) -> dict:
+        """``icface-video animate -s SOURCE (--keyframes K | --set ... --duration 3) -o OUT``."""
+        from ..keyframes import load_keyframes
+        from ..media import exact_rate
+        from ..reenact import RenderOptions, render_video
+
+        still = self._need_source()
+        fps = exact_rate(25.0)
+        keys = load_keyframes(keyfile) if keyfile else None
+        duration = keys.duration if keys and keys.duration > 0 else 3.0
+        n = max(1, int(round(duration * float(fps))))
+        times = np.arange(n, dtype=np.float64) / float(fps)
+        attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
+        if sets and not keys:
+            attrs = apply_ops(attrs, [parse_set(s) for s in sets])
+        result = render_video(self.model, still, attrs, times, fps, str(out), RenderOptions(overwrite=overwrite),
+                              progress=lambda d, t: progress("render", d, t))
+        return dict(result.__dict__)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel a running render and wait for it (its output is not written)."""
+        job = self.job
+        if job is not None and job.state == "running":
+            job.cancel.set()
+            job.thread.join(timeout)
