@@ -172,6 +172,11 @@ def test_no_request_names_a_file(server):
     assert code == 400 and b"root:" not in body
     code, body, _ = request(server.url + "api/preset", {"name": "../../etc/passwd.toml", "values": {}})
     assert code == 400 and b"root:" not in body
+    # the same answer whether the file exists or not: not even its existence is looked up
+    missing = request(server.url + "api/preset", {"name": "/no/such/file.toml", "values": {}})[1]
+    assert json.loads(missing)["error"].endswith("not in the menu")
+    assert json.loads(request(server.url + "api/preset", {"name": "/etc/passwd", "values": {}})[1])["error"] \
+        .endswith("not in the menu")
 
 
 def too_large(server, size: int) -> tuple[int, bytes]:
@@ -290,13 +295,39 @@ def test_render_video_with_progress(server, run_cli):
 # -- the command line ------------------------------------------------------------------
 
 
-def test_ctrl_c_stops_cleanly(tmp_path):
-    s = Server(["--out", str(tmp_path / "o")])
-    assert request(s.url + "api/state")[0] == 200
-    assert s.stop() == 0
+def test_uploads_then_ctrl_c_during_a_render(faces_root, tmp_path):
+    """Photo and clip uploaded over HTTP; Ctrl-C while a video renders: exit 0, no output
+    under its name and no temporary file left."""
+    out = tmp_path / "o"
+    s = Server(["--out", str(out)])
+    try:
+        assert json.loads(request(s.url + "api/state")[1])["source"] is None
+        photo = faces_root / "LIA/data/vox/macron.png"
+        code, body, _ = request(s.url + "api/upload/source", raw=photo.read_bytes(), headers={"X-Filename": "../macron.png"})
+        assert code == 200, body
+        src = json.loads(body)["source"]
+        assert (src["name"], src["width"]) == ("macron.png", 256) and Path(src["path"]).parent == out / "uploads"
+        code, body, _ = request(s.url + "api/upload/clip", raw=(faces_root / "LivePortrait/assets/examples/driving/d1.mp4")
+                                .read_bytes(), headers={"X-Filename": "d1.mp4"})
+        assert code == 200 and json.loads(body)["clip"]["frames"] == 16
+        keys = [{"time": 0, "values": src["values"]}, {"time": 60, "values": dict(src["values"], AU12=2)}]
+        code, body, _ = request(s.url + "api/render-video", {"values": src["values"], "output": "long", "keys": keys})
+        assert code == 200, body
+        assert "animate -s" in json.loads(body)["command"] and "--keyframes" in json.loads(body)["command"]
+        for _ in range(300):
+            job = json.loads(request(s.url + "api/job")[1])
+            if job["done"] > 0:
+                break
+            time.sleep(0.1)
+        assert job["state"] == "running" and job["done"] > 0, job
+    finally:
+        code = s.stop()
+    assert code == 0, "\n".join(s.lines[-20:])
     time.sleep(0.2)
-    assert any("stopped" in line for line in s.lines)
+    assert any("studio: stopped" in line for line in s.lines)
     assert not any("Traceback" in line for line in s.lines)
+    assert not (out / "long.mp4").exists()
+    assert not [p.name for p in out.iterdir() if p.suffix == ".mp4" or ".part" in p.name]
 
 
 def test_taken_port_and_missing_extra(run_cli, monkeypatch, tmp_path):

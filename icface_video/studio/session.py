@@ -479,9 +479,9 @@ class Studio:
         from .. import presets as P
 
         self._need_source()
-        path = self.user_presets.get(name) or P.resolve(name)
-        if name not in self.user_presets and name not in P.builtin_names():
+        if name not in self.user_presets and name not in P.builtin_names():  # before any file is looked at
             raise UsageError(f"preset {name!r}: not in the menu")
+        path = self.user_presets.get(name) or P.resolve(name)
         preset = P.parse(path)
         attrs, _ = self.attributes(values)
         out = apply_ops(attrs[None], preset.ops, preset.intensity)[0]
