@@ -286,6 +286,7 @@ def test_render_video_with_progress(server, run_cli):
             break
         time.sleep(0.1)
     assert job["state"] == "done", job
+    assert (job["stage"], job["done"], job["total"]) == ("render", 16, 16)  # the progress bar's last figures
     out = server.out / "api-video.mp4"
     assert video_facts(out)["frames"] == 16
     assert request(server.url + "files/api-video.mp4")[0] == 200

@@ -295,6 +295,8 @@ async function init() {
     } catch (err) { message(err.message, true); }
   };
   $("video-name").onchange = refreshCommands;
+  // Large photos are fitted to the window; a click shows both at their full resolution.
+  for (const id of ["source-img", "preview-img"]) $(id).onclick = () => document.querySelector(".pics").classList.toggle("natural");
 }
 
 init().catch((err) => message(err.message, true));
