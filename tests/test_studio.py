@@ -466,8 +466,16 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
     assert code == 0, err
     assert "icface-video edit -s" in d.find_element("id", "cmd-still").text
 
+    # resets: one slider, then a region, back to the source's own values
+    own = state(server)["source"]["values"]
+    d.find_element("id", "reset-AU01").click()
+    assert float(d.find_element("id", "slider-AU01").get_attribute("value")) == pytest.approx(own["AU01"], abs=0.05)
+    assert float(d.find_element("id", "slider-AU02").get_attribute("value")) != pytest.approx(own["AU02"], abs=0.05)
+    for region in ("brows", "eyes", "mouth"):
+        d.find_element("id", f"reset-region-{region}").click()
+    assert float(d.find_element("id", "slider-AU02").get_attribute("value")) == pytest.approx(own["AU02"], abs=0.05)
+
     # scrub the driving clip: the frame changes
-    d.find_element("id", "reset-region-mouth").click()
     d.execute_script("document.getElementById('drive-on').checked = true;")
     set_range(d, "timeline", 0)
     wait_ready(d)
