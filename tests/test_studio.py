@@ -331,7 +331,7 @@ def test_uploads_then_ctrl_c_during_a_render(faces_root, tmp_path):
     assert not [p.name for p in out.iterdir() if p.suffix == ".mp4" or ".part" in p.name]
 
 
-def test_taken_port_and_missing_extra(run_cli, monkeypatch, tmp_path):
+def test_taken_port_missing_extra_and_bad_source(run_cli, monkeypatch, tmp_path):
     from icface_video import studio
 
     monkeypatch.setattr(studio, "EXTRA_MODULES", ("starlette", "no_such_module_for_the_studio"))
@@ -347,6 +347,8 @@ def test_taken_port_and_missing_extra(run_cli, monkeypatch, tmp_path):
         busy.listen(1)
         code, out, err = run_cli(["studio", "--no-browser", "--port", busy.getsockname()[1], "--out", tmp_path])
     assert code == 2 and "cannot listen there" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["studio", tmp_path / "nope.png", "--no-browser", "--port", 0, "--out", tmp_path])
+    assert code == 3 and err.strip().splitlines() == [f"icface-video: error: {tmp_path / 'nope.png'}: no such file"]
 
 
 def test_page_is_offline():
@@ -389,7 +391,7 @@ def browser():
 def wait_ready(d, timeout: float = 60) -> None:
     end = time.time() + timeout
     while time.time() < end:
-        if d.execute_script("const s = window.studio; return s && s.ready && s.shown === s.version && !s.pending;"):
+        if d.execute_script("const s = window.studio; return s && s.ready && s.shown === s.version && !s.pending && !s.busy;"):
             return
         time.sleep(0.05)
     raise AssertionError("the preview did not update; message: " + d.find_element("id", "message").text)

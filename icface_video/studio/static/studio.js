@@ -13,11 +13,14 @@ function message(text, isError) {
 }
 
 async function api(path, body) {
-  const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-                                body: JSON.stringify(body || {}) });
-  const data = await r.json().catch(() => ({ error: `${path}: HTTP ${r.status}` }));
-  if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
-  return data;
+  S.busy = (S.busy || 0) + 1;   // requests other than renders in flight (tests wait for 0)
+  try {
+    const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                  body: JSON.stringify(body || {}) });
+    const data = await r.json().catch(() => ({ error: `${path}: HTTP ${r.status}` }));
+    if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
+    return data;
+  } finally { S.busy -= 1; }
 }
 
 function driveState() {
