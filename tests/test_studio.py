@@ -216,6 +216,12 @@ def test_bad_uploads_give_messages_and_the_server_keeps_running(server, tmp_path
 def test_other_origins_refused(server):
     code, body, _ = request(server.url + "api/render", {"values": {}}, headers={"Origin": "http://example.com"})
     assert code == 403
+    # DNS rebinding: a page at another name that resolves to 127.0.0.1 gets nothing
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    for host in (f"example.com:{port}", "example.com"):
+        code, body, _ = request(server.url + "api/state", headers={"Host": host})
+        assert code == 403 and b"sliders" not in body
+    assert request(server.url.replace("127.0.0.1", "localhost") + "api/state")[0] == 200
 
 
 def test_export_preset_is_valid_and_does_what_the_sliders_did(server, run_cli, tmp_path):

@@ -8,7 +8,8 @@ Safety rules (README, "studio"):
 * Uploads are capped (``max_upload_mb``), read in chunks, and refused past the cap (413).
 * A bad request or upload (not an image, no face, bad values) answers 4xx with
   ``{"error": "<file>: <problem>"}``, which the page shows; the server keeps running.
-* POSTs from another origin (a web page trying to drive the local server) are refused.
+* POSTs from another origin (a web page trying to drive the local server) are refused,
+  and on a loopback address so is any request whose Host is not this machine (DNS rebinding).
 * It binds 127.0.0.1 unless told otherwise.
 """
 
@@ -59,14 +60,25 @@ def _encode(rgb, draft: bool) -> tuple[bytes, str]:
     return cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes(), "image/png"
 
 
-def create_app(studio: Studio, max_upload_mb: float = 200.0) -> Starlette:
-    """The ASGI app of one :class:`Studio`."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(studio: Studio, max_upload_mb: float = 200.0, loopback_only: bool = True) -> Starlette:
+    """The ASGI app of one :class:`Studio`.
+
+    ``loopback_only``: answer only requests whose Host header names this machine
+    (127.0.0.1, localhost, ::1), so a web page whose name is made to resolve to 127.0.0.1
+    (DNS rebinding) gets nothing; set when the server listens on a loopback address.
+    """
     from starlette.concurrency import run_in_threadpool
 
     limit = int(max_upload_mb * 1024 * 1024)
 
     def guarded(handler):
         async def wrapped(request: Request) -> Response:
+            host_name = re.sub(r":\d+$", "", request.headers.get("host", ""))
+            if loopback_only and host_name not in LOOPBACK_NAMES:
+                return _error(UsageError(f"request for host {host_name!r} refused (this server answers 127.0.0.1)"), 403)
             if request.method == "POST":
                 origin = request.headers.get("origin")
                 host = request.headers.get("host", "")
@@ -277,7 +289,13 @@ def serve(studio: Studio, host: str = "127.0.0.1", port: int = 7860, open_browse
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{actual}/"
-    config = uvicorn.Config(create_app(studio, max_upload_mb), log_level="warning", access_log=False,
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    config = uvicorn.Config(create_app(studio, max_upload_mb, loopback), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=3, lifespan="off")
     server = _Server(config)
     announce(f"icface-video studio: {url}  (Ctrl-C stops it; files go to {studio.outdir})")
