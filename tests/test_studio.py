@@ -254,6 +254,12 @@ def test_keyframes_and_commands(server):
     assert code == 200, body
     k = load_keyframes(json.loads(body)["path"])
     assert k.duration == 1.5 and len(k.keys) == 2
+    # the page's keys timeline: the animation at t, as `animate --keyframes` renders it
+    at = lambda t: decode(request(server.url + "api/render", {"values": src, "keys": keys, "time": t})[1]).astype(int)  # noqa: E731
+    still = lambda v: decode(request(server.url + "api/render", {"values": v})[1]).astype(int)  # noqa: E731
+    assert np.abs(at(0) - still(src)).mean() < 0.05
+    assert np.abs(at(1.5) - still(keys[1]["values"])).mean() < 0.05
+    assert np.abs(at(1.5) - at(0)).mean() > 0.5
     code, body, _ = request(server.url + "api/commands", {"values": dict(src, AU12=2)})
     c = json.loads(body)
     assert "edit -s" in c["still"] and "--set AU12=2" in c["still"] and "animate" in c["video"]
@@ -506,3 +512,22 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
     assert "not-a-photo.png" in msg.text and msg.get_attribute("class") == "error"
     set_range(d, "timeline", 3)
     wait_ready(d)
+
+    # keys: two keys, played on the keys timeline (no clip)
+    d.execute_script("document.getElementById('drive-on').checked = false;")
+    d.find_element("id", "key-time").clear()
+    d.find_element("id", "key-time").send_keys("0")
+    d.find_element("id", "key-add").click()
+    set_range(d, "slider-AU26", 2.5)
+    wait_ready(d)
+    d.find_element("id", "key-add").click()  # at 1 s (the time field moves on by 1 s)
+    assert len(d.find_elements("css selector", "#keys li")) == 2
+    d.find_element("id", "keys-preview").click()
+    set_range(d, "keys-timeline", 0)
+    wait_ready(d)
+    k0 = shown_image(d)
+    set_range(d, "keys-timeline", 1)
+    wait_ready(d)
+    k1 = shown_image(d)
+    assert np.abs(k0.astype(int) - k1.astype(int)).mean() > 0.3
+    shot(d, "studio-keys.png")

@@ -166,7 +166,7 @@ def create_app(studio: Studio, max_upload_mb: float = 200.0, loopback_only: bool
         data = await _json(request)
         draft = bool(data.get("draft", False))
         rgb = await run_in_threadpool(studio.render, data.get("values") or {}, data.get("drive"),
-                                      data.get("time", 0.0), draft)
+                                      data.get("time", 0.0), draft, data.get("keys"))
         body, kind = await run_in_threadpool(_encode, rgb, draft)
         return Response(body, media_type=kind, headers={"Cache-Control": "no-store", "X-Draft": str(int(draft))})
 

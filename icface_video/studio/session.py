@@ -434,14 +434,31 @@ class Studio:
             raise UsageError("no source photo loaded: open one first")
         return self.still
 
-    def attributes(self, values: dict, drive: dict | None = None, time: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
-        """(20,) the attributes on screen, and the head placement (absolute driving) or None."""
+    def attributes(self, values: dict, drive: dict | None = None, time: float = 0.0,
+                   keys: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(20,) the attributes on screen, and the head placement (absolute driving) or None.
+
+        With ``keys`` (and no clip) the keyframe animation at ``time`` s, read back from the
+        file :meth:`export_keyframes` would write (what ``animate --keyframes`` renders).
+        """
         from ..align import landmark_params
         from ..driving import compose
 
         still = self._need_source()
         offsets = drive is not None
         ops = [parse_set(e) for e in set_expressions(values, still.attrs, offsets)]
+        if drive is None and keys:
+            import tempfile
+
+            from ..keyframes import load_keyframes
+
+            if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
+                raise UsageError(f"time: expected seconds, got {time!r}")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "keys.toml"
+                path.write_text(keyframes_toml(keys, still.attrs), encoding="utf-8")
+                frames = load_keyframes(path)
+            return frames.evaluate(still.attrs, np.array([float(time)]))[0], None
         if drive is None:
             return apply_ops(still.attrs[None], ops)[0], None
         if self._clip_face is None:
@@ -459,10 +476,11 @@ class Studio:
             placement = track.placement(times, float(landmark_params(still.landmarks)[2]))[0]
         return apply_ops(attrs, ops)[0], placement
 
-    def render(self, values: dict, drive: dict | None = None, time: float = 0.0, draft: bool = False) -> np.ndarray:
-        """(H, W, 3) uint8 RGB: the source with the values (a draft: at most
-        ``max_preview_side`` a side)."""
-        attrs, placement = self.attributes(values, drive, time)
+    def render(self, values: dict, drive: dict | None = None, time: float = 0.0, draft: bool = False,
+               keys: list | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: the source with the values, or the keys at ``time`` (a
+        draft: at most ``max_preview_side`` a side)."""
+        attrs, placement = self.attributes(values, drive, time, keys)
         with self.lock:
             still = self.still
             if draft and self._draft is not None:

@@ -34,6 +34,11 @@ function driveState() {
   }
   return d;
 }
+function keysOn() { return !driveState() && S.keys.length > 0 && $("keys-preview").checked; }
+function renderBody(draft) {
+  if (keysOn()) return { values: S.values, keys: S.keys, time: parseFloat($("keys-timeline").value), draft };
+  return { values: S.values, drive: driveState(), time: clipTime(), draft };
+}
 function clipTime() { return S.clip ? S.clip.times[parseInt($("timeline").value, 10)] || 0 : 0; }
 
 function requestRender(draft) {
@@ -52,7 +57,7 @@ async function pump() {
   S.inflight = true;
   try {
     const r = await fetch("/api/render", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ values: S.values, drive: driveState(), time: clipTime(), draft: req.draft }) });
+      body: JSON.stringify(renderBody(req.draft)) });
     if (!r.ok) { const e = await r.json().catch(() => ({})); throw new Error(e.error || `HTTP ${r.status}`); }
     const blob = await r.blob();
     const img = $("preview-img");
@@ -221,6 +226,10 @@ function showKeys() {
     li.appendChild(del);
     ol.appendChild(li);
   }
+  $("keys-box").hidden = S.keys.length === 0;
+  const end = S.keys.length ? S.keys[S.keys.length - 1].time : 0;
+  $("keys-timeline").max = end;
+  if (parseFloat($("keys-timeline").value) > end) $("keys-timeline").value = end;
 }
 
 async function pollJob() {
@@ -253,6 +262,12 @@ async function init() {
   $("timeline").addEventListener("input", () => { showFrame(); requestRender(true); });
   $("timeline").addEventListener("change", () => requestRender(false));
   $("drive-on").onchange = () => requestRender(false);
+  $("keys-preview").onchange = () => requestRender(false);
+  $("keys-timeline").addEventListener("input", () => {
+    $("keys-time-label").textContent = `${parseFloat($("keys-timeline").value).toFixed(2)} s`;
+    if (keysOn()) requestRender(true);
+  });
+  $("keys-timeline").addEventListener("change", () => { if (keysOn()) requestRender(false); });
   $("preset-apply").onclick = async () => {
     try {
       const d = await api("/api/preset", { name: $("preset-select").value, values: S.values });
