@@ -96,7 +96,7 @@ def decode(png: bytes) -> np.ndarray:
 
 def measure(rgb: np.ndarray) -> np.ndarray:
     """(20,) the package's own extraction of a picture's face (as ``extract`` reads it)."""
-    from icface_video.reenact import still_from_rgb
+    from icface_video.source import still_from_rgb
 
     return still_from_rgb(rgb, 128, 0, "page image").attrs
 
@@ -531,3 +531,22 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
     k1 = shown_image(d)
     assert np.abs(k0.astype(int) - k1.astype(int)).mean() > 0.3
     shot(d, "studio-keys.png")
+
+
+def test_render_video_from_keys(server):
+    """A still with keys renders through `animate`'s planner: the keys' length at 25 fps."""
+    from conftest import video_facts
+
+    src = state(server)["source"]["values"]
+    keys = [{"time": 0, "values": src}, {"time": 0.4, "values": dict(src, AU26=2.5)}]
+    code, body, _ = request(server.url + "api/render-video", {"values": src, "output": "api-keys-video", "keys": keys})
+    assert code == 200, body
+    assert "animate -s" in json.loads(body)["command"] and "api-keys-video.keys.toml" in json.loads(body)["command"]
+    for _ in range(600):
+        job = json.loads(request(server.url + "api/job")[1])
+        if job["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    facts = video_facts(server.out / "api-keys-video.mp4")
+    assert facts["frames"] == 10 and facts["fps"] == 25 and not facts["audio"]

@@ -60,21 +60,24 @@ def slider_definitions() -> list[dict]:
 
 
 def drive_controls() -> list[dict]:
-    """The drive-from-clip controls, named as the ``reenact`` options they set (the page
-    builds its widgets from this list)."""
-    from ..smoothing import SMOOTH_METHODS
+    """The drive-from-clip controls the page builds its widgets from: the parts toggles,
+    then ``relative``, ``smooth`` and ``smooth_strength`` from the reenact options' one
+    definition (:func:`icface_video.options.describe`: flag, help, choices, range)."""
+    from ..options import describe
 
-    return [
-        {"name": "parts", "flag": "--mode / --pose-from --brows-from --eyes-from --mouth-from", "kind": "multi",
-         "choices": list(DRIVE_PARTS), "default": list(DRIVE_PARTS), "help": "Which parts the clip drives."},
-        {"name": "relative", "flag": "--relative/--absolute", "kind": "bool", "default": True,
-         "help": "Apply the clip's changes from its most neutral frame to the source's own values (relative), "
-                 "or copy its values (absolute)."},
-        {"name": "smooth", "flag": "--smooth", "kind": "choice", "choices": list(SMOOTH_METHODS),
-         "default": "gaussian", "help": "Temporal smoothing of the clip's attributes."},
-        {"name": "smooth_strength", "flag": "--smooth-strength", "kind": "float", "min": 0.1, "max": 10.0,
-         "step": 0.1, "default": 1.0, "help": "Smoothing strength (1 = about one frame at 25 fps)."},
-    ]
+    out = [{"name": "parts", "flag": "--mode / --pose-from --brows-from --eyes-from --mouth-from", "kind": "multi",
+            "choices": list(DRIVE_PARTS), "default": list(DRIVE_PARTS), "help": "Which parts the clip drives."}]
+    for d in describe(["relative", "smooth", "smooth_strength"]):
+        c = {"name": d["name"], "flag": "--relative/--absolute" if d["name"] == "relative" else d["flag"],
+             "kind": d["type"], "default": d["default"], "help": d["help"]}
+        if d["name"] == "relative":
+            c["default"] = True  # the options' None means "relative for photos": the studio's source is a photo
+        if d["choices"]:
+            c["choices"] = d["choices"]
+        if d["range"]:
+            c.update(min=d["range"][0], max=d["range"][1], step=0.1)
+        out.append(c)
+    return out
 
 
 def safe_name(name: object, suffix: str) -> str:
@@ -137,21 +140,23 @@ class DriveSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "DriveSpec":
-        from ..smoothing import SMOOTH_METHODS
+        """The page's drive state, checked as the reenact options check them.
+
+        Raises:
+            UsageError: bad parts, or a bad ``relative`` / ``smooth`` / ``smooth_strength``.
+        """
+        from ..options import check_option
 
         parts = data.get("parts", list(DRIVE_PARTS))
         if not isinstance(parts, list) or not parts or any(p not in DRIVE_PARTS for p in parts):
             raise UsageError(f"parts: expected a non-empty list of {', '.join(DRIVE_PARTS)}, got {parts!r}")
         relative = data.get("relative", True)
-        if not isinstance(relative, bool):
-            raise UsageError(f"relative: expected true or false, got {relative!r}")
-        smooth = data.get("smooth", "gaussian")
-        if smooth not in SMOOTH_METHODS:
-            raise UsageError(f"smooth: expected one of {', '.join(SMOOTH_METHODS)}, got {smooth!r}")
-        strength = data.get("smooth_strength", 1.0)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.001 <= strength <= 100:
-            raise UsageError(f"smooth_strength: expected a number within 0.001..100, got {strength!r}")
-        return cls(tuple(p for p in DRIVE_PARTS if p in parts), relative, smooth, float(strength))
+        if relative is None:
+            raise UsageError("relative: expected true or false")
+        values = {name: check_option(name, data.get(name, default)) for name, default in
+                  (("relative", True), ("smooth", "gaussian"), ("smooth_strength", 1.0))}
+        return cls(tuple(p for p in DRIVE_PARTS if p in parts), bool(values["relative"]), values["smooth"],
+                   float(values["smooth_strength"]))
 
     def layout(self) -> tuple[str | None, dict[str, bool]]:
         """(mode of the main driver or None, part regions driven by part drivers)."""
@@ -330,7 +335,7 @@ class Studio:
     def load_source(self, path: str | Path) -> dict:
         """Analyse a photo; raises InputError (not a photo, no face)."""
         from ..media import load_image, probe
-        from ..reenact import still_from_rgb
+        from ..source import still_from_rgb
 
         p = Path(path)
         info = probe(p)
@@ -398,19 +403,13 @@ class Studio:
 
     def track(self, smooth: str, strength: float):
         """The clip as an :class:`~icface_video.driving.AttributeTrack` with this smoothing
-        (what :func:`icface_video.driving.load_track` gives for it; analysed once)."""
-        from fractions import Fraction
-
+        (what ``reenact`` reads from it; the clip is analysed once)."""
         from ..driving import AttributeTrack
         from ..smoothing import SmoothConfig
 
         key = (smooth, strength)
         if key not in self._tracks:
-            f = self._clip_face
-            self._tracks[key] = AttributeTrack(self.clip_path, f.times, f.attributes(SmoothConfig(smooth, strength)),
-                                               f.success, f.info.rate or Fraction(25), is_video=True,
-                                               has_audio=f.info.has_audio,
-                                               heads=f.smoothed_crop_params().astype(np.float64))
+            self._tracks[key] = AttributeTrack.from_face_track(self._clip_face, SmoothConfig(smooth, strength))
         return self._tracks[key]
 
     def add_user_preset(self, path: Path) -> str:
@@ -619,23 +618,16 @@ class Studio:
                        progress=progress, **options)
 
     def _render_animate(self, out: Path, keyfile: str | None, sets: list[str], overwrite: bool, progress) -> dict:
-        """``icface-video animate -s SOURCE (--keyframes K | --set ... --duration 3) -o OUT``."""
+        """``icface-video animate -s SOURCE (--keyframes K | --set ... --duration 3) -o OUT``,
+        through the planner and render loop ``animate`` uses."""
+        from ..jobs import animate_job, run_reenact
         from ..keyframes import load_keyframes
-        from ..media import exact_rate
-        from ..reenact import RenderOptions, render_video
+        from ..options import ReenactOptions
 
-        still = self._need_source()
-        fps = exact_rate(25.0)
         keys = load_keyframes(keyfile) if keyfile else None
-        duration = keys.duration if keys and keys.duration > 0 else 3.0
-        n = max(1, int(round(duration * float(fps))))
-        times = np.arange(n, dtype=np.float64) / float(fps)
-        attrs = keys.evaluate(still.attrs, times) if keys else np.tile(still.attrs, (n, 1))
-        if sets and not keys:
-            attrs = apply_ops(attrs, [parse_set(s) for s in sets])
-        result = render_video(self.model, still, attrs, times, fps, str(out), RenderOptions(overwrite=overwrite),
-                              progress=lambda d, t: progress("render", d, t))
-        return dict(result.__dict__)
+        opts = ReenactOptions(source=self.source_path, output=str(out), set=() if keys else tuple(sets))
+        job = animate_job(opts, keys, None if keys else 3.0, 25.0, 0.25, overwrite)
+        return run_reenact(job, self.model, progress)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel a running render and wait for it (its output is not written)."""
