@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
 # (the options' CLI-only ones that a call can take).
-EXTRA_OPTIONS = ("model", "device", "overwrite", "progress")
+EXTRA_OPTIONS = ("model", "device", "overwrite")
 
 
 def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
@@ -68,7 +68,8 @@ def _model_of(model, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eye
 
 
 def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
-            output: str | os.PathLike | None = None, **options) -> dict:
+            output: str | os.PathLike | None = None, *,
+            progress: Callable[[str, int, int], None] | None = None, **options) -> dict:
     """Run one reenactment job, as ``icface-video reenact`` does; returns its ``--json`` summary.
 
     Args:
@@ -84,8 +85,9 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
             (:data:`icface_video.options.BATCH_FIELDS`, defaults and ranges in
             :class:`icface_video.options.ReenactOptions`), ``overwrite`` (default False),
             ``model`` (a folder, or a model from :func:`load_model`, so many calls share one
-            loaded model), ``device`` and ``progress`` (called as ``progress(stage, done,
-            total)`` while it runs: the command line's progress rows, ``studio``'s bar).
+            loaded model) and ``device``.
+        progress: called as ``progress(stage, done, total)`` while it runs (the command
+            line's progress rows; ``studio`` shows them as a bar), or None.
 
     Returns:
         dict: output, frames, fps, width, height, audio, seconds, stage_seconds,
@@ -112,7 +114,6 @@ def reenact(source: str | os.PathLike, driving: str | os.PathLike | None = None,
     if not isinstance(overwrite, bool):
         raise UsageError(f"overwrite: expected True or False, got {overwrite!r}")
     model, device = options.pop("model", None), options.pop("device", DEFAULTS.device)
-    progress = options.pop("progress", None)
     if progress is not None and not callable(progress):
         raise UsageError(f"progress: expected a function (stage, done, total), got {type(progress).__name__}")
     out = str(Path(output).expanduser().resolve())
