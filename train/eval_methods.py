@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from icface_video.model import ReenactmentModel
 
 __all__ = ["DEFAULT_NAME", "NO_MOTION", "Method", "load_methods", "parse_model_spec", "resolve_checkpoint"]
 
@@ -18,7 +22,7 @@ DEFAULT_NAME = "default"
 class Method:
     """A way to produce output crops from a source crop and driving attributes."""
 
-    def __init__(self, name: str, model=None, path: str | None = None) -> None:
+    def __init__(self, name: str, model: ReenactmentModel | None = None, path: str | None = None) -> None:
         self.name, self.model, self.path = name, model, path
 
     def render(self, src: np.ndarray, src_attrs: np.ndarray, attrs: np.ndarray,

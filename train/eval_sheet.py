@@ -43,9 +43,10 @@ def pick_sheet_rows(clips: list[Clip], drivers: dict[str, str | None]) -> list[t
             if proto == "self":
                 drv = c
             else:
-                if drivers.get(c.id) is None:
+                driver_id = drivers.get(c.id)
+                if driver_id is None:
                     continue
-                drv = by_id[drivers[c.id]]
+                drv = by_id[driver_id]
             vals = score(drv.attrs[1:], c.attrs[0])
             for j in np.argsort(-vals):
                 if (proto, c.id, int(j)) not in used:

@@ -104,7 +104,9 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
     sheet_imgs: dict[tuple[str, str, int], dict[str, np.ndarray]] = {k: {} for k in want}
 
     noise = Tally()
-    ref_same, ref_diff = [], []  # identity of real frames: same clip vs source, other person vs source
+    # identity of real frames: same clip vs source, other person vs source
+    ref_same: list[float] = []
+    ref_diff: list[float] = []
     tallies = {m.name: {"self": Tally(), "cross": Tally()} for m in methods}
     timings = {m.name: 0.0 for m in methods}
 
@@ -121,9 +123,9 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
         e = real_cache[c.id]["embs"]
         if e[0] is not None:
             ref_same.extend(float(e[0] @ t) for t in e[1:] if t is not None)
-            d = drivers[c.id]
-            if d is not None:
-                ref_diff.extend(float(e[0] @ t) for t in real_cache[d]["embs"][1:] if t is not None)
+            driver_id = drivers[c.id]
+            if driver_id is not None:
+                ref_diff.extend(float(e[0] @ t) for t in real_cache[driver_id]["embs"][1:] if t is not None)
 
     def identity(outs: np.ndarray, found_lm: np.ndarray, fallback_lm: np.ndarray, refs: list) -> list[float]:
         big = upscale(outs)
@@ -139,7 +141,8 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
         start = time.time()
         src, src_attrs = c.crops[0], c.attrs[0]
         cache = real_cache[c.id]
-        d = by_id[drivers[c.id]] if drivers[c.id] is not None else None
+        driver_id = drivers[c.id]
+        d = by_id[driver_id] if driver_id is not None else None
         for m in methods:
             t0 = time.time()
             # self-reenactment
@@ -194,7 +197,9 @@ def evaluate(clips: list[Clip], methods: list[Method], log, sheet: bool = True,
     rows = []
     for label, proto, cid, j in sheet_rows:
         c = by_id[cid]
-        drv = c if proto == "self" else by_id[drivers[cid]]
+        driver_id = cid if proto == "self" else drivers[cid]
+        assert driver_id is not None  # cross rows are picked only for clips with a driver
+        drv = by_id[driver_id]
         a = drv.attrs[1 + j]
         rows.append({"label": label, "clip": cid if proto == "self" else f"{cid} <- {drv.id}",
                      "source": c.crops[0], "target": drv.crops[1 + j],

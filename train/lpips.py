@@ -57,6 +57,8 @@ class AlexLPIPS(nn.Module):
         forward(x, y): (B, 3, H, W) RGB in [-1, 1] -> (B,) distances (0 = identical).
     """
 
+    shift: torch.Tensor  # buffers, (1, 3, 1, 1)
+    scale: torch.Tensor
     _CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
 
     def __init__(self, weights: str | Path | None = None) -> None:
@@ -67,10 +69,12 @@ class AlexLPIPS(nn.Module):
         if not path.is_file():
             convert_lpips_alexnet(path)
         state = load_file(str(path))
-        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in self._CONVS)
-        for i, conv in enumerate(self.convs):
+        convs = [nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in self._CONVS]
+        for i, conv in enumerate(convs):
             conv.weight.data.copy_(state[f"conv{i}.weight"])
+            assert conv.bias is not None  # Conv2d's default bias=True
             conv.bias.data.copy_(state[f"conv{i}.bias"])
+        self.convs = nn.ModuleList(convs)
         self.lin = [state[f"lin{i}.weight"].float() for i in range(5)]
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
