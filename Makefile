@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-v3
 TORCH  ?= torch==2.13.0
 
 .PHONY: setup demo test bench clean-venv browser
+.PHONY: lint test-fast
 
 setup: $(STAMP)
 
@@ -29,6 +30,15 @@ demo: setup
 
 test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The fast layer: every test not marked slow (markers: tests/conftest.py), under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff, then mypy (configuration in pyproject.toml); clean on main.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/bench_extract.py

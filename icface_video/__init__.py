@@ -1,9 +1,24 @@
 """icface-video: interpretable, controllable face reenactment in video (ICface, WACV 2020).
 
-Data flow, one module per stage::
+Data flow, one module per stage (README "Layout" has the table)::
 
-    media (decode) -> face (landmarks, blendshapes, pose) -> attributes (20 values)
-    -> track (per-clip analysis) -> smoothing -> align (crops) -> csvio / cli
+    decode          media: frames of a video or image, real timestamps, exact frame rates
+    face analysis   face: MediaPipe landmarks (478, 3D), blendshapes, head pose; YuNet fallback
+    attributes      attributes: 20 values (17 AUs 0..5, pitch/yaw/roll in radians)
+                    -> track (per clip) -> smoothing -> csvio (``extract``'s CSV, read back too)
+    motion          driving (modes, part drivers, relative/absolute), controls / presets /
+                    keyframes (``--set``, presets, ``animate``'s keys) -> jobs (the planner:
+                    attributes per output frame); geometry renderer: motion (attributes ->
+                    target 3D landmarks)
+    render          reenact (the streaming loop): geo_render (warp of the full frame over the
+                    mesh, the default) or align (crops) -> model / networks (the generator);
+                    eyelids (lids moved to AU45) in both
+    paste-back      paste (network renderer: the generated crop back into the frame, feathered
+                    face-oval mask; the geometric renderer draws the full frame itself)
+    encode          encode (ffmpeg: H.264, ProRes, PNG sequences; BT.709; audio) -> outputs
+                    (temporary name, renamed when complete)
+
+Front ends: cli (the commands), batch (job files), api (Python, below).
 
 The Python API (:mod:`icface_video.api`; README "Python API")::
 

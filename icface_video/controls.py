@@ -27,7 +27,7 @@ from .attributes import ATTR_NAMES, AU_MAX, AU_NAMES, NUM_AUS, clip_aus
 from .errors import UsageError
 
 OpKind = Literal["set", "add", "scale"]
-OP_KINDS: tuple[str, ...] = ("set", "add", "scale")
+OP_KINDS: tuple[OpKind, ...] = ("set", "add", "scale")
 
 # Which attributes each face region owns (used by presets' `region` and by the
 # --eyes-from / --mouth-from / --brows-from part drivers of `reenact`).
@@ -141,7 +141,8 @@ def parse_set(text: str) -> Op:
         value = parse_quantity(raw, index)
     except ValueError as exc:
         raise UsageError(f"--set {text!r}: {exc}") from None
-    kind = {"=": "set", "+=": "add", "-=": "add", "*=": "scale"}[op]
+    kinds: dict[str, OpKind] = {"=": "set", "+=": "add", "-=": "add", "*=": "scale"}
+    kind = kinds[op]
     if op == "-=":
         value = -value
     problem = check_value(kind, index, value)

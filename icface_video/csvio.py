@@ -189,7 +189,10 @@ def read_attributes_csv(path: str | os.PathLike, face_index: int = 0) -> Attribu
     rows_f, rows_t, rows_ok, rows_a, lines = by_face[ids[face_index]]
     if len(set(rows_f)) != len(rows_f):
         seen: set[str] = set()
-        dup = next(f for f in rows_f if f in seen or seen.add(f))
+        for dup in rows_f:  # the first frame number seen twice
+            if dup in seen:
+                break
+            seen.add(dup)
         raise InputError(p, f"frame {dup} appears more than once"
                             + (f" for face {ids[face_index]}" if face_col is not None else
                                " (several faces per frame? the file has no face_id column to tell them apart)"))

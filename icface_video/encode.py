@@ -242,8 +242,10 @@ class VideoEncoder:
                 got = "None" if alpha is None else f"{alpha.shape} {alpha.dtype}"
                 raise ValueError(f"alpha: expected ({self.height}, {self.width}) uint8, got {got}")
             rgb = np.concatenate([rgb, alpha[..., None]], axis=2)
+        stdin = self._proc.stdin
+        assert stdin is not None  # opened with stdin=PIPE
         try:
-            self._proc.stdin.write(np.ascontiguousarray(rgb).tobytes())
+            stdin.write(np.ascontiguousarray(rgb).tobytes())
         except BrokenPipeError:
             self._fail()
         self.frames += 1

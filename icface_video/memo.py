@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from .driving import AttributeTrack, load_track
 from .smoothing import SmoothConfig
+
+T = TypeVar("T")
 
 
 class AnalysisCache:
@@ -25,7 +27,7 @@ class AnalysisCache:
     """
 
     def __init__(self) -> None:
-        self._items: dict[tuple, Future] = {}
+        self._items: dict[tuple, Future[Any]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -33,7 +35,7 @@ class AnalysisCache:
         st = Path(path).stat()
         return (kind, str(Path(path).resolve()), st.st_size, st.st_mtime_ns, *extra)
 
-    def get(self, kind: str, path: str, make: Callable[[], object], *extra: object) -> object:
+    def get(self, kind: str, path: str, make: Callable[[], T], *extra: object) -> T:
         """The memo of (kind, file, extra), made by ``make()`` if absent; its error re-raised."""
         try:
             key = self._key(kind, path, *extra)
@@ -42,7 +44,7 @@ class AnalysisCache:
         with self._lock:
             future = self._items.get(key)
             owner = future is None
-            if owner:
+            if future is None:
                 future = self._items[key] = Future()
         if owner:
             try:

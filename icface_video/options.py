@@ -225,14 +225,15 @@ def _problem(name: str, spec: OptionSpec, value: Any) -> tuple[Any, str | None]:
         if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
             return tuple(items), None
         return value, "expected a string or a list of strings"
+    choices = spec.choices or ()
     if kind == "device":
-        if isinstance(value, str) and (value in spec.choices or _NTH_GPU.fullmatch(value)):
+        if isinstance(value, str) and (value in choices or _NTH_GPU.fullmatch(value)):
             return value, None
-        return value, f"expected one of {', '.join(spec.choices)}, cuda:N"
+        return value, f"expected one of {', '.join(choices)}, cuda:N"
     if kind == "choice":
-        if isinstance(value, str) and value in spec.choices:
+        if isinstance(value, str) and value in choices:
             return value, None
-        return value, f"expected one of {', '.join(spec.choices)}"
+        return value, f"expected one of {', '.join(choices)}"
     if kind == "bool":
         return (value, None) if isinstance(value, bool) else (value, "expected true/false")
     # int, float: finite, within the range; an int field takes whole numbers only
@@ -369,7 +370,7 @@ def _click_type(spec: OptionSpec):
     if spec.kind in ("path", "output"):
         return click.Path(path_type=str)
     if spec.kind == "choice":
-        return click.Choice(spec.choices)
+        return click.Choice(spec.choices or ())
     if spec.kind == "device":
         return DeviceChoice()
     if spec.kind == "int":

@@ -122,7 +122,7 @@ def _renamed_args(exc: IcfaceError, tmp: Path, final: Path) -> tuple:
         return text.replace(str(tmp), str(final)).replace(tmp.name, final.name)
 
     if isinstance(exc, OutputError) or hasattr(exc, "problem"):
-        return fix(getattr(exc, "path")), fix(getattr(exc, "problem"))
+        return fix(getattr(exc, "path")), fix(getattr(exc, "problem"))  # noqa: B009 - any exception type
     return (fix(str(exc)),)
 
 
@@ -158,6 +158,8 @@ def sequence_files(pattern: str | os.PathLike) -> list[Path]:
     p = Path(pattern)
     folder = p.parent if str(p.parent) else Path(".")
     m = _FRAME_NUMBER.search(p.name)
+    if m is None:
+        raise ValueError(f"pattern: {pattern} has no frame number (%d or %0Nd)")
     head, tail = p.name[:m.start()], p.name[m.end():]
     regex = re.compile(re.escape(head) + r"\d+" + re.escape(tail) + r"\Z")
     if not folder.is_dir():

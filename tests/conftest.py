@@ -10,6 +10,14 @@
 * ``workdir``: a fresh empty folder per test (under pytest's ``tmp_path``).
 * ``ffmpeg``: run the ffmpeg binary shipped by ``imageio-ffmpeg`` to make test media.
 
+Test layers (markers registered in pyproject.toml, set here, not in the test files):
+
+* ``data``: every test that uses ``faces_root`` (directly or through a fixture such as
+  ``media``) reads the real clips.
+* ``slow``: the tests in :data:`SLOW_TESTS` and every user of a fixture in
+  :data:`SLOW_FIXTURES`: over about 2 s each on the project's 2-core machine. ``make
+  test-fast`` (``-m "not slow"``) runs the rest in under a minute; ``make test`` runs all.
+
 The data is read in place, never copied into the repository.
 """
 
@@ -28,6 +36,65 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FACES_ROOT = REPO_ROOT.parent / "shared" / "data" / "faces"
+
+
+#: Tests that took over 2 s (set-up included) in ``pytest --durations=0`` over the whole suite
+#: on the 2-core machine (2026-12-02, 308 tests in 507 s); every parametrisation of a name.
+#: Re-measure with ``pytest --durations=0 --junitxml=j.xml`` when the suite changes.
+SLOW_TESTS: dict[str, set[str]] = {
+    "test_api.py": {"test_one_call_job_with_cli_options", "test_reenactor_numpy_in_numpy_out",
+                    "test_soak_many_short_jobs_on_one_model"},
+    "test_au_scale.py": {"test_a_v2_run_records_its_scale_and_refuses_a_v1_resume",
+                         "test_leave_one_clip_out_brings_moving_aus_closer_to_openface"},
+    "test_controls_parts.py": {"test_mouth_part_driver_opens_the_output_mouth",
+                               "test_second_face_of_a_group_photo_driven_by_a_one_face_clip"},
+    "test_extract.py": {"test_bad_input_in_a_real_process", "test_blinks_are_au45_peaks",
+                        "test_clean_stderr_when_a_long_clip_is_analysed_in_two_halves",
+                        "test_happy_clip_smiles_more_than_neutral", "test_head_turn_clip_has_large_yaw_range",
+                        "test_smoothing_options", "test_surprised_clip_raises_brows_and_drops_jaw",
+                        "test_wide_shot_uses_the_fallback_detector"},
+    "test_geometry.py": {"test_cli_reenact_follows_a_real_head_turn", "test_predicted_landmarks_beat_no_motion"},
+    "test_model_behaviour.py": {"test_blinks_follow_the_driver_over_a_video",
+                                "test_mode_expression_follows_aus_and_keeps_pose",
+                                "test_mode_pose_follows_yaw_and_keeps_expression"},
+    "test_options.py": {"test_batch_eyelids_field_renders_like_the_cli_flag"},
+    "test_outputs.py": {"test_batch_checks_output_extensions_and_takes_codec_fields",
+                        "test_extension_decides_the_container", "test_ntsc_driver_gives_exact_ntsc_output",
+                        "test_prores_alpha_and_png_sequence_carry_the_face_mask",
+                        "test_start_duration_cuts_picture_and_audio_together",
+                        "test_start_duration_is_the_same_part_of_the_full_run",
+                        "test_variable_rate_driver_keeps_picture_on_its_real_times",
+                        "test_variable_rate_reenact_keeps_audio_and_picture_together",
+                        "test_variable_rate_source_clip_shows_each_frame_at_its_time"},
+    "test_reenact.py": {"test_batch_failures_isolated_and_reported", "test_batch_killed_then_resumed",
+                        "test_csv_driver_parts_and_preview", "test_existing_output_untouched_and_interrupt_leaves_nothing",
+                        "test_huge_source_keeps_its_resolution", "test_photo_driven_by_video_keeps_rules",
+                        "test_source_clip_rules"},
+    "test_reliability.py": {"test_bad_model_folder_in_batch_is_one_line_exit_3",
+                            "test_batch_json_lines_are_streamed_into_a_pipe",
+                            "test_batch_main_process_ending_ends_workers_and_encoders",
+                            "test_closed_stderr_and_stdout_do_not_stop_the_work",
+                            "test_csv_driver_with_absurd_values_is_one_line", "test_resume_json_prints_skipped_jobs",
+                            "test_sigterm_to_reenact_unwinds_like_ctrl_c", "test_wrong_reasons_are_right"},
+    "test_training.py": {"test_tiny_config_overfits_a_few_real_frames", "test_two_process_ddp_gloo_identical_checkpoints"},
+}
+#: Module fixtures (per test file) whose set-up takes over 2 s: every test that uses one is
+#: slow (else deselecting the first user would move the set-up onto the next one).
+SLOW_FIXTURES: dict[str, set[str]] = {
+    "test_au_scale.py": {"clips"}, "test_evaluate.py": {"eval_run"}, "test_geometry.py": {"turn", "talk"},
+    "test_extract.py": {"extracted"},  # whole real clips analysed, memoised per process
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the test layers: ``data`` by fixture use, ``slow`` from the measured lists above."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "faces_root" in fixtures:
+            item.add_marker(pytest.mark.data)
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW_TESTS.get(item.path.name, ()) or fixtures & SLOW_FIXTURES.get(item.path.name, set()):
+            item.add_marker(pytest.mark.slow)
 
 
 class CliResult(NamedTuple):

@@ -155,3 +155,20 @@ def test_method_specs_choose_the_eyelid_warp(plumbing_model: Path):
     assert lids["b"].gain == lids["c"].gain == EyelidConfig.load(file).gain
     with pytest.raises(ValueError, match="--method e=x:eyelid"):
         ev.load_methods(["e=x:eyelid"], "cpu", lambda _: None)
+
+
+def test_split_modules_keep_the_train_evaluate_names():
+    """The evaluation is split into one module per concern; ``train.evaluate`` still offers
+    every name other scripts import from it (``train.eval_frames``, ``train.eyecheck``)."""
+    from train import eval_data, eval_methods, eval_metrics, eval_sheet, identity, lpips, remeasure
+
+    homes = {lpips: ["AlexLPIPS"], identity: ["IdentityEmbedder", "five_points"],
+             remeasure: ["AttributeReader", "upscale", "scale_points", "ANALYSIS_SIZE"],
+             eval_data: ["Clip", "load_clip", "pair_drivers", "resolve_data", "select_entries"],
+             eval_methods: ["Method", "load_methods", "parse_model_spec", "resolve_checkpoint", "NO_MOTION"],
+             eval_metrics: ["Tally", "image_metrics", "pose_error_deg", "CLOSED_EYES"],
+             eval_sheet: ["build_sheet", "pick_sheet_rows"]}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(ev, name) is getattr(module, name), (module.__name__, name)
+            assert name in ev.__all__ and name in module.__all__, (module.__name__, name)
