@@ -377,7 +377,6 @@ class GeometryRenderer:
         # Where along the mouth each pixel lies (0 at one corner, 1 at the other).
         axis = (corners[1] - corners[0]) / max(width, 1e-6)
         along = np.clip(((p - corners[0]) @ axis) / max(width, 1e-6), 0.0, 1.0)
-        upper = topo.upper_mouth[k]
         # A dark cavity, lighter towards the lips; the tongue's tone rises from the lower lip.
         cavity = self.lip_colour * 0.18 + 4.0
         col = cavity[None] * (0.6 + 0.4 * r[:, None] ** 2)

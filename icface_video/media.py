@@ -293,7 +293,7 @@ def nominal_rate(average: Fraction | None, guessed: Fraction | None = None) -> F
     """
     rates = [Fraction(r) for r in (average, guessed) if r and r > 0]
     snapped = [exact_rate(float(r)) for r in rates]
-    for r, s in zip(rates, snapped):
+    for _r, s in zip(rates, snapped):
         if s in STANDARD_RATES:
             return s
     return rates[0] if rates else Fraction(0)

@@ -6,8 +6,6 @@ output: what the driver's mouth does must show in the output's mouth.
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -328,7 +328,7 @@ def test_eyecheck_pairs_open_sources_with_closed_targets(tmp_path: Path, faces_r
     pairs = closed_eye_pairs(ds, closed=2.5, per_clip=6)
     clip = ds.clips[0]
     assert 1 <= len(pairs) <= 6
-    for c, s, t in pairs:
+    for _c, s, t in pairs:
         assert clip.attrs[t, AU45] > 2.5 and clip.attrs[s, AU45] == clip.attrs[clip.valid, AU45].min()
 
 

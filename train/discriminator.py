@@ -54,7 +54,7 @@ class Discriminator(nn.Module):
         self.config = config
         layers: list[nn.Module] = []
         cin, ch = 3, config.base_channels
-        for i in range(config.layers):
+        for _i in range(config.layers):
             layers += [nn.Conv2d(cin, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             cin, ch = ch, min(ch * 2, 512)
         self.trunk = nn.Sequential(*layers)

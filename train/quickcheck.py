@@ -58,7 +58,7 @@ def quickcheck(model: ReenactmentModel | None, data: PairDataset, per_clip: int 
         outs = {"no-motion": src}
         if model is not None:
             frames, grids = [], []
-            for j, (ci, s, _) in enumerate(chunk):
+            for j, (ci, _s, _) in enumerate(chunk):
                 if ci not in caches:
                     # prepare_source takes the tool's scale; the batch is on the dataset's
                     caches[ci] = model.prepare_source(src[j:j + 1], from_scale(b["source_attrs"][j:j + 1],
