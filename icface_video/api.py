@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -31,12 +31,16 @@ from .attributes import NUM_ATTRS, clip_aus
 from .errors import InputError, UsageError
 from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
+if TYPE_CHECKING:
+    from .model import ReenactmentModel
+
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
 # (the options' CLI-only ones that a call can take).
 EXTRA_OPTIONS = ("model", "device", "overwrite")
 
 
-def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
+def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device,
+               eyelids: bool = DEFAULTS.eyelids) -> ReenactmentModel:
     """Load a model folder once, to pass to :func:`reenact` or :class:`Reenactor` (``model=``).
 
     Args:
@@ -57,7 +61,8 @@ def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.de
     return ReenactmentModel.load(model, device=pick_device(device), eyelids=bool(eyelids))
 
 
-def _model_of(model, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
+def _model_of(model: ReenactmentModel | str | os.PathLike | None, device: str = DEFAULTS.device,
+              eyelids: bool = DEFAULTS.eyelids) -> ReenactmentModel:
     from .model import ReenactmentModel
 
     if isinstance(model, ReenactmentModel):
@@ -165,7 +170,8 @@ class Reenactor:
         UsageError: bad argument. InputError: no face in ``source``.
     """
 
-    def __init__(self, source: np.ndarray, model=None, *, device: str = DEFAULTS.device,
+    def __init__(self, source: np.ndarray, model: ReenactmentModel | str | os.PathLike | None = None, *,
+                 device: str = DEFAULTS.device,
                  eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index, detail: bool = DEFAULTS.detail,
                  color_match: bool = DEFAULTS.color_match, batch_size: int = DEFAULTS.batch_size) -> None:
         from .paste import PasteBack, PasteConfig

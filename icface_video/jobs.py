@@ -14,7 +14,7 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .presets import Preset, load as load_preset, smooth_interp
 from .reenact import RenderOptions, RenderResult, render_video
 from .smoothing import SmoothConfig
 from .source import SourceClip, SourceFrame, analyze_still, encode_sources
+
+if TYPE_CHECKING:
+    from .model import ReenactmentModel
 
 
 @dataclass
@@ -321,7 +324,7 @@ def cut_timeline(times: np.ndarray, start: float = 0.0, duration: float | None =
     return times[keep]
 
 
-def run_reenact(job: ReenactJob | AnimateJob, model, progress: Callable[[str, int, int], None] | None = None,
+def run_reenact(job: ReenactJob | AnimateJob, model: ReenactmentModel, progress: Callable[[str, int, int], None] | None = None,
                 cache: AnalysisCache | None = None) -> dict:
     """Plan and render one job (a reenactment or an animation); returns the JSON summary.
 

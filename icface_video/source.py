@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .media import iter_frames
 from .smoothing import fill_missing
 from .tensors import to_tensor
 from .track import FaceTrack, analyze_media
+
+if TYPE_CHECKING:
+    from .model import ReenactmentModel, SourceCache
 
 __all__ = ["Source", "SourceFrame", "SourceClip", "analyze_still", "still_from_rgb", "make_source_frame",
            "encode_sources"]
@@ -84,7 +87,7 @@ class SourceFrame:
             yield [self]
 
 
-def encode_sources(model, frames: list[SourceFrame]):
+def encode_sources(model: ReenactmentModel, frames: list[SourceFrame]) -> SourceCache:
     """The model's :class:`~icface_video.model.SourceCache` for one or more source frames
     (crops, attributes and crop landmarks, so the eyelid warp can move the lids)."""
     return model.prepare_source(torch.cat([sf.crop for sf in frames]),
