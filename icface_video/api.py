@@ -32,7 +32,9 @@ from .errors import InputError, UsageError
 from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
 if TYPE_CHECKING:
+    from .driving import Mode
     from .model import ReenactmentModel
+    from .smoothing import SmoothMethod
 
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
 # (the options' CLI-only ones that a call can take).
@@ -234,7 +236,7 @@ class Reenactor:
         return np.concatenate(out)
 
     def measure(self, frames: Sequence[np.ndarray], fps: float = 25.0, face_index: int = DEFAULTS.face_index,
-                smooth: str = DEFAULTS.smooth, smooth_strength: float = DEFAULTS.smooth_strength):
+                smooth: SmoothMethod = DEFAULTS.smooth, smooth_strength: float = DEFAULTS.smooth_strength):
         """Measure a driver's frames held in memory (the face followed through them).
 
         Returns:
@@ -262,8 +264,8 @@ class Reenactor:
         track = analyze_frames((Frame(i, i / fps, p) for i, p in enumerate(pictures)), info, face_index=index)
         return AttributeTrack.from_face_track(track, SmoothConfig(smooth, smooth_strength))
 
-    def drive(self, frames: Sequence[np.ndarray], mode: str = DEFAULTS.mode, relative: bool = True,
-              fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: str = DEFAULTS.smooth,
+    def drive(self, frames: Sequence[np.ndarray], mode: Mode = DEFAULTS.mode, relative: bool = True,
+              fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: SmoothMethod = DEFAULTS.smooth,
               smooth_strength: float = DEFAULTS.smooth_strength, crop_only: bool = False) -> np.ndarray:
         """Reenact the source with a driver's frames held in memory (any size; faces found in them).
 

@@ -299,7 +299,8 @@ def render_video(model: ReenactmentModel, source: Source, attrs: np.ndarray, tim
                     for k, frame in enumerate(frames):
                         enc.write(np.ascontiguousarray(frame[:height, :width]), alphas(shown[k]) if enc.alpha else None)
                         if preview is not None:
-                            preview.add(b0 + k, float(times[b0 + k]), shown[k].rgb, frame, faces[k])
+                            preview.add(b0 + k, float(times[b0 + k]), shown[k].rgb, frame,
+                                        None if faces is None else faces[k])
                     stages["encode"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(b1, n)

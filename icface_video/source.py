@@ -141,6 +141,8 @@ class SourceClip:
         self.track: FaceTrack = analyze_media(path, face_index=face_index, keep_landmarks=True, progress=progress)
         t = self.track
         self.params = t.smoothed_crop_params(AlignConfig(size=size))
+        if t.landmarks is None:  # asked for above (keep_landmarks)
+            raise RuntimeError(f"{path}: the face track came back without landmarks")
         flat = t.landmarks.reshape(t.num_frames, -1)
         self.landmarks = fill_missing(np.nan_to_num(flat), t.success, t.times).reshape(t.landmarks.shape)
         self.attrs = t.attributes()
@@ -170,6 +172,8 @@ class SourceClip:
                 if nxt is None:
                     break
                 current = nxt
+            if current is None:  # analysed, but no frame decodes now
+                raise InputError(self.path, "no video frames could be decoded")
             yield int(j), make_source_frame(current.rgb, self.landmarks[j], self.attrs[j], self.params[j], self.size)
 
     def batches(self, times: np.ndarray, size: int) -> Iterator[list[SourceFrame]]:
