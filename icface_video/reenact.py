@@ -89,11 +89,12 @@ def geometry_stage(model: ReenactmentModel, options: RenderOptions) -> GeometryS
         raise UsageError(f"--renderer {options.renderer}: expected one of {', '.join(RENDERERS)}")
     if options.renderer != "geometry":
         return None
-    if getattr(model, "motion", None) is None:
+    motion = getattr(model, "motion", None)
+    if motion is None:
         raise InputError(getattr(model, "folder", None) or "model folder",
                          "no motion model (motion.json) for the geometry renderer; "
                          "use --renderer network or run python -m train.fit_motion")
-    return GeometryStage(model.motion, options.geometry, getattr(model, "eyelids", None))
+    return GeometryStage(motion, options.geometry, getattr(model, "eyelids", None))
 
 
 def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.Tensor],
