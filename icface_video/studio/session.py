@@ -326,7 +326,7 @@ class Studio:
         self.model = load_model(None, device)
         geo, draft_geo = geometry_stage(self.model, RenderOptions()), geometry_stage(self.model, RenderOptions())
         if geo is None or draft_geo is None:  # the studio draws with the geometric renderer (the default)
-            raise UsageError("studio: the default renderer must be the geometric one")
+            raise RuntimeError("studio: the default renderer must be the geometric one")
         self._geo, self._draft_geo = geo, draft_geo
         self.max_preview_side = int(max_preview_side)
         self.lock = threading.RLock()
@@ -485,7 +485,7 @@ class Studio:
             return frames.evaluate(still.attrs, np.array([float(time)]))[0], None
         if drive is None:
             return apply_ops(still.attrs[None], ops)[0], None
-        self._loaded_clip()
+        self._loaded_clip()  # UsageError when no clip is loaded
         spec = DriveSpec.from_json(drive)
         if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
             raise UsageError(f"time: expected seconds, got {time!r}")
