@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -31,12 +31,18 @@ from .attributes import NUM_ATTRS, clip_aus
 from .errors import InputError, UsageError
 from .options import BATCH_FIELDS, DEFAULTS, PART_FIELDS, check_option
 
+if TYPE_CHECKING:
+    from .driving import Mode
+    from .model import ReenactmentModel
+    from .smoothing import SmoothMethod
+
 # reenact()'s options: every job-file field of `batch` (the same checks apply), plus these
 # (the options' CLI-only ones that a call can take).
 EXTRA_OPTIONS = ("model", "device", "overwrite")
 
 
-def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
+def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.device,
+               eyelids: bool = DEFAULTS.eyelids) -> ReenactmentModel:
     """Load a model folder once, to pass to :func:`reenact` or :class:`Reenactor` (``model=``).
 
     Args:
@@ -57,7 +63,8 @@ def load_model(model: str | os.PathLike | None = None, device: str = DEFAULTS.de
     return ReenactmentModel.load(model, device=pick_device(device), eyelids=bool(eyelids))
 
 
-def _model_of(model, device: str = DEFAULTS.device, eyelids: bool = DEFAULTS.eyelids):
+def _model_of(model: ReenactmentModel | str | os.PathLike | None, device: str = DEFAULTS.device,
+              eyelids: bool = DEFAULTS.eyelids) -> ReenactmentModel:
     from .model import ReenactmentModel
 
     if isinstance(model, ReenactmentModel):
@@ -165,7 +172,8 @@ class Reenactor:
         UsageError: bad argument. InputError: no face in ``source``.
     """
 
-    def __init__(self, source: np.ndarray, model=None, *, device: str = DEFAULTS.device,
+    def __init__(self, source: np.ndarray, model: ReenactmentModel | str | os.PathLike | None = None, *,
+                 device: str = DEFAULTS.device,
                  eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index, detail: bool = DEFAULTS.detail,
                  color_match: bool = DEFAULTS.color_match, batch_size: int = DEFAULTS.batch_size) -> None:
         from .paste import PasteBack, PasteConfig
@@ -228,7 +236,7 @@ class Reenactor:
         return np.concatenate(out)
 
     def measure(self, frames: Sequence[np.ndarray], fps: float = 25.0, face_index: int = DEFAULTS.face_index,
-                smooth: str = DEFAULTS.smooth, smooth_strength: float = DEFAULTS.smooth_strength):
+                smooth: SmoothMethod = DEFAULTS.smooth, smooth_strength: float = DEFAULTS.smooth_strength):
         """Measure a driver's frames held in memory (the face followed through them).
 
         Returns:
@@ -256,8 +264,8 @@ class Reenactor:
         track = analyze_frames((Frame(i, i / fps, p) for i, p in enumerate(pictures)), info, face_index=index)
         return AttributeTrack.from_face_track(track, SmoothConfig(smooth, smooth_strength))
 
-    def drive(self, frames: Sequence[np.ndarray], mode: str = DEFAULTS.mode, relative: bool = True,
-              fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: str = DEFAULTS.smooth,
+    def drive(self, frames: Sequence[np.ndarray], mode: Mode = DEFAULTS.mode, relative: bool = True,
+              fps: float = 25.0, face_index: int = DEFAULTS.face_index, smooth: SmoothMethod = DEFAULTS.smooth,
               smooth_strength: float = DEFAULTS.smooth_strength, crop_only: bool = False) -> np.ndarray:
         """Reenact the source with a driver's frames held in memory (any size; faces found in them).
 

@@ -29,8 +29,15 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# An attribute array on either side of the network: numpy or torch (same type in, same type out).
+_Attrs = TypeVar("_Attrs", np.ndarray, "torch.Tensor")
 
 AU_NAMES: tuple[str, ...] = (
     "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12",
@@ -251,7 +258,8 @@ def from_scale(attrs, scale: str, calibration: AuCalibration | None = None):
 
 def convert_scale(attrs, source: str, target: str, calibration: AuCalibration | None = None):
     """Attributes on AU scale ``source`` -> scale ``target`` (through v2); a copy when equal."""
-    _check_scale(source), _check_scale(target)
+    _check_scale(source)
+    _check_scale(target)
     if source == target:
         return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
     return to_scale(from_scale(attrs, source, calibration), target, calibration)
@@ -311,7 +319,7 @@ def mediapipe_matrix_to_euler(matrix: np.ndarray) -> np.ndarray:
     return rotation_to_euler(_MP_TO_CV @ rot @ _MP_TO_CV)
 
 
-def normalize_for_network(attrs: np.ndarray | "torch.Tensor"):  # noqa: F821
+def normalize_for_network(attrs: _Attrs) -> _Attrs:
     """The paper's network encoding: AU / 5 and (angle + 0.7) / 1.4, both roughly 0..1.
 
     Convention:

@@ -36,16 +36,19 @@ import sys
 import threading
 import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .controls import parse_set
 from .encode import output_format
 from .errors import IcfaceError, InputError, UsageError
 from .options import BATCH_FIELDS as FIELDS, DEFAULTS, PART_FIELDS, ReenactOptions, option_spec, parse_value
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
 
 EXIT_SOME_FAILED = 4
 #: the input files of a job (resolved against the job file's folder, probed), and the fields
@@ -544,8 +547,8 @@ def run_batch(jobs: list[JobSpec], outdir: Path, workers: int, model_path: str |
     if pick_device(device).type == "cpu":
         # CPU: worker processes, each with its own model and torch threads.
         ctx = get_context("spawn")
-        events = ctx.Queue()
-        pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_worker_init,
+        events: queue.Queue | multiprocessing.queues.Queue = ctx.Queue()
+        pool: Executor = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_worker_init,
                                    initargs=(model_path, device, threads, False, os.getpid(), events))
     else:
         # GPU: one model on the device, shared by worker threads (decode, analysis and

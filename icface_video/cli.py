@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
 
@@ -23,6 +24,9 @@ from .errors import EXIT_FAILURE, EXIT_USAGE, IcfaceError, UsageError
 from .options import FIELD_NAMES, FiniteFloatRange, click_options
 from .runtime import on_sigterm, reset_termination, termination_requested
 from .smoothing import SmoothConfig
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 # -- shared options ---------------------------------------------------------------
 
@@ -66,7 +70,7 @@ class StageProgress:
                    TimeRemainingColumn())
         self.progress = Progress(*columns, console=console or Console(stderr=True), transient=True,
                                  get_time=get_time)
-        self._tasks: dict[str, tuple[int, float]] = {}
+        self._tasks: dict[str, tuple[TaskID, float]] = {}
         self._lock = threading.Lock()
 
     def update(self, stage: str, done: int, total: int) -> None:
@@ -86,8 +90,9 @@ class StageProgress:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
 
 
 @contextmanager

@@ -65,7 +65,7 @@ class EyelidConfig:
 
     au45: tuple[float, ...]
     openness: tuple[float, ...]
-    motion: tuple[dict[int, tuple[float, float]], dict[int, tuple[float, float]]]
+    motion: tuple[dict[int, tuple[float, float]], ...]
     gain: float = 1.0
     max_ratio: float = 1.2
     min_source_openness: float = 0.15

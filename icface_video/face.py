@@ -19,12 +19,15 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .errors import IcfaceError
 from .mesh_topology import NUM_LANDMARKS  # noqa: F401  (re-exported: train/evaluate.py imports it from here)
+
+if TYPE_CHECKING:
+    import cv2
 
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 
@@ -216,8 +219,8 @@ class FaceAnalyzer:
         self.use_fallback = fallback
         self._model = landmarker_model_path()
         self._main = self._make_landmarker(mode, num_faces=face_index + 2)
-        self._crop_landmarker = None  # IMAGE-mode landmarker for fallback crops, made on demand
-        self._detector = None
+        self._crop_landmarker: Any | None = None  # IMAGE-mode landmarker for fallback crops, made on demand
+        self._detector: cv2.FaceDetectorYN | None = None
         self._previous: np.ndarray | None = None
         self._last_ms = -1
         self._started: set[int] = set()  # landmarkers that have run once
@@ -320,7 +323,7 @@ class FaceAnalyzer:
         s = int(round(side))
         if s < 8:
             return None
-        crop = np.zeros((s, s, 3), np.uint8)
+        crop: np.ndarray = np.zeros((s, s, 3), np.uint8)
         sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
         if sx1 <= sx0 or sy1 <= sy0:
             return None

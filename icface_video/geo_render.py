@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -37,6 +38,10 @@ from .attributes import AU_NAMES
 from .mesh_topology import (EYE_CONTOURS, FACE_OVAL, INNER_LIP_UPPER, INNER_LIPS, IRIS_CENTRES, NUM_LANDMARKS,
                             OUTER_LIPS)
 from .motion import head_frame
+
+if TYPE_CHECKING:
+    from .eyelids import EyelidConfig
+    from .motion import MotionModel
 
 #: The ways a frame can be rendered (``--renderer``): this module, or the ICface generator.
 RENDERERS: tuple[str, ...] = ("geometry", "network")
@@ -464,8 +469,8 @@ class GeometryStage:
             motion model's own AU45 displacements.
     """
 
-    def __init__(self, motion: "MotionModel", config: GeometryConfig = GeometryConfig(),  # noqa: F821
-                 eyelids: "EyelidConfig | None" = None) -> None:  # noqa: F821
+    def __init__(self, motion: "MotionModel", config: GeometryConfig = GeometryConfig(),
+                 eyelids: "EyelidConfig | None" = None) -> None:
         self.motion, self.config, self.eyelids = motion, config, eyelids
         self._key: tuple[int, int] | None = None
         self._renderer: GeometryRenderer | None = None

@@ -14,13 +14,13 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .align import landmark_params
 from .controls import Op, apply_ops, parse_set
-from .driving import AttributeTrack, compose
+from .driving import AttributeTrack, Mode, compose
 from .encode import EncodeConfig, frame_size_problem, output_format
 from .errors import InputError, UsageError
 from .keyframes import Keyframes
@@ -32,6 +32,9 @@ from .presets import Preset, load as load_preset, smooth_interp
 from .reenact import RenderOptions, RenderResult, render_video
 from .smoothing import SmoothConfig
 from .source import SourceClip, SourceFrame, analyze_still, encode_sources
+
+if TYPE_CHECKING:
+    from .model import ReenactmentModel
 
 
 @dataclass
@@ -64,7 +67,7 @@ class ReenactJob:
     output: str
     driving: str | None = None
     parts: dict[str, str] = field(default_factory=dict)
-    mode: str = DEFAULTS.mode
+    mode: Mode = DEFAULTS.mode
     relative: bool | None = DEFAULTS.relative
     presets: list[Preset] = field(default_factory=list)
     sets: list[Op] = field(default_factory=list)
@@ -252,16 +255,18 @@ def plan_attributes(job: ReenactJob | AnimateJob, resolution: int,
             raise
         source = pending.result()
     primary = main or next(iter(tracks.values()), None)
-    if info.is_still:
+    if isinstance(source, SourceFrame):  # a still (info.is_still)
         base = source.attrs
     if primary is not None:
         times, fps = primary.times, primary.fps
-    else:
+    elif isinstance(source, SourceClip):
         times, fps = source.times, source.track.rate
+    else:  # refused at the top
+        raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver)")
     if is_variable_rate(times, fps):
         times = uniform_times(times, fps)  # frame k shown at k / fps: picture and audio in step
     times = cut_timeline(times, job.start, job.duration, primary.path if primary is not None else job.source)
-    if not info.is_still:
+    if isinstance(source, SourceClip):
         base = source.attrs[source.indices_at(times)]
     relative = job.relative if job.relative is not None else info.is_still
     attrs = compose(base, times, main, tracks, job.mode, relative) if primary is not None else np.array(base, np.float32)
@@ -321,7 +326,7 @@ def cut_timeline(times: np.ndarray, start: float = 0.0, duration: float | None =
     return times[keep]
 
 
-def run_reenact(job: ReenactJob | AnimateJob, model, progress: Callable[[str, int, int], None] | None = None,
+def run_reenact(job: ReenactJob | AnimateJob, model: ReenactmentModel, progress: Callable[[str, int, int], None] | None = None,
                 cache: AnalysisCache | None = None) -> dict:
     """Plan and render one job (a reenactment or an animation); returns the JSON summary.
 

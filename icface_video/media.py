@@ -185,7 +185,7 @@ def _decode_frames(container: av.container.InputContainer, path: Path, convert_f
                 raise InputError(path, f"truncated or corrupt: decoding stopped after frame {index}")
             for vf in packet.decode():
                 rot = int(round(vf.rotation or 0)) % 360
-                rgb = vf.to_ndarray(format="rgb24") if index >= convert_from else _NOT_CONVERTED
+                rgb: np.ndarray = vf.to_ndarray(format="rgb24") if index >= convert_from else _NOT_CONVERTED
                 if rot and rgb.size:
                     rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
                 t = vf.time

@@ -20,6 +20,7 @@ Typical use::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ class ReenactmentModel:
         # On CPU, channels-last convolutions (oneDNN) run about 1.5x faster than NCHW
         # with identical results (bench: train/README.md); CUDA keeps the default layout.
         self._layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.generator.to(memory_format=self._layout)
+        # Module.to takes memory_format (torch docs), but torch's overloads leave it out.
+        self.generator.to(memory_format=self._layout)  # type: ignore[call-overload]
 
     @property
     def resolution(self) -> int:
@@ -164,7 +166,7 @@ class ReenactmentModel:
         return self
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
              eyelids: bool | str | Path = True) -> "ReenactmentModel":
         """Load an exported model folder or a training checkpoint folder.
 

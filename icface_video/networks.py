@@ -208,6 +208,13 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of ``conv``, a head made with one (torch's default ``bias=True``)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv}: expected a convolution with a bias")
+    return conv.bias
+
+
 def tile_attributes(attrs: torch.Tensor, size: int) -> torch.Tensor:
     """(B, 20) raw attributes -> (B, 20, size, size) normalised and tiled over the image."""
     return normalize_for_network(attrs)[:, :, None, None].expand(-1, -1, size, size)
@@ -283,7 +290,7 @@ class Generator(nn.Module):
         self.flow_head = nn.Conv2d(c.decoder_channels, 3, 3, 1, 1)  # dx, dy, occlusion logit
         nn.init.zeros_(self.flow_head.weight)
         with torch.no_grad():
-            self.flow_head.bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
+            _bias(self.flow_head).copy_(torch.tensor([0.0, 0.0, 4.0]))
         self.dec_in = ConvBlock(chans[-1] + c.decoder_channels, c.decoder_channels, 1, 1, c.norm)
         self.dec_blocks = nn.ModuleList(ResBlock(c.decoder_channels, c.norm, c.embed_dim)
                                         for _ in range(c.decoder_blocks))
@@ -296,14 +303,14 @@ class Generator(nn.Module):
         self.dec_up = nn.Sequential(*ups)
         self.out_head = nn.Conv2d(cin, 4, 3, 1, 1)  # rgb + mask logit
         with torch.no_grad():
-            self.out_head.bias[3] = c.mask_init_bias
+            _bias(self.out_head)[3] = c.mask_init_bias
         # Registered last, so the parameter order (and Adam state indices) of a model
         # trained without it stay the same: see train.fit's init_from.
         self.fine_head: nn.Conv2d | None = None
         if c.fine_flow:
             self.fine_head = nn.Conv2d(cin, 2, 3, 1, 1)
             nn.init.zeros_(self.fine_head.weight)
-            nn.init.zeros_(self.fine_head.bias)
+            nn.init.zeros_(_bias(self.fine_head))
 
     # -- encode ---------------------------------------------------------------------------
     def encode(self, source: torch.Tensor, source_attrs: torch.Tensor) -> dict[str, torch.Tensor]:

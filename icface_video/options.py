@@ -34,11 +34,11 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from .driving import MODES
+from .driving import MODES, Mode
 from .encode import CODECS
 from .errors import UsageError
 from .geo_render import RENDERERS
-from .smoothing import SMOOTH_METHODS
+from .smoothing import SMOOTH_METHODS, SmoothMethod
 
 __all__ = ["BATCH_FIELDS", "CLI_ONLY", "DEFAULTS", "DEVICE_NAMES", "DeviceChoice", "FIELD_NAMES", "FiniteFloatRange",
            "KINDS", "OptionSpec", "PART_FIELDS", "ReenactOptions", "X264_PRESETS", "check_option", "click_options",
@@ -105,7 +105,7 @@ class ReenactOptions:
     source: str | None = _opt(None, "Source photo or clip.", ("--source", "-s"), "path", "inputs", required=True)
     driving: str | None = _opt(None, "Driving video or attribute CSV.", ("--driving", "-d"), "path", "inputs")
     output: str | None = _opt(None, "Video to write (.mp4).", ("-o", "--output"), "output", "inputs", required=True)
-    mode: str = _opt("full", "What --driving drives.", "--mode", "choice", "drive", choices=MODES)
+    mode: Mode = _opt("full", "What --driving drives.", "--mode", "choice", "drive", choices=MODES)
     pose_from: str | None = _opt(None, "Head pose from this video/CSV.", "--pose-from", "path", "drive")
     expression_from: str | None = _opt(None, "All AUs from this video/CSV.", "--expression-from", "path", "drive")
     eyes_from: str | None = _opt(None, "AU05 06 07 45 from this video/CSV.", "--eyes-from", "path", "drive")
@@ -120,7 +120,7 @@ class ReenactOptions:
                         "alike).", "--start", "float", "drive", low=0.0)
     duration: float | None = _opt(None, "Reenact this many seconds (default: to the driver's end).", "--duration",
                                   "float", "drive", low=0.0, low_open=True)
-    smooth: str = _opt("gaussian", "Temporal smoothing of AUs and angles: zero-lag gaussian, causal One Euro, or none.",
+    smooth: SmoothMethod = _opt("gaussian", "Temporal smoothing of AUs and angles: zero-lag gaussian, causal One Euro, or none.",
                        "--smooth", "choice", "smooth", choices=SMOOTH_METHODS)
     smooth_strength: float = _opt(1.0, "Smoothing strength: 1 = about one frame at 25 fps (gaussian) / 1.5 Hz "
                                   "cut-off (oneeuro); 2 = twice as smooth.", "--smooth-strength", "float", "smooth",

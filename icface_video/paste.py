@@ -70,7 +70,7 @@ def face_mask(landmarks: np.ndarray, size: int, config: PasteConfig = PasteConfi
         returns: (size, size) float32 in 0..1 (1 inside the grown oval).
     """
     grown = grown_oval(landmarks, config.grow)
-    mask = np.zeros((size, size), np.float32)
+    mask: np.ndarray = np.zeros((size, size), np.float32)
     cv2.fillPoly(mask, [np.round(grown * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
     sigma = max(config.feather * size, 0.5)
     mask = cv2.GaussianBlur(mask, (0, 0), sigma)
@@ -140,9 +140,9 @@ class PasteBack:
         # align_corners=True (pixel centres at integers, as in OpenCV): one 2x3 affine map.
         m = torch.from_numpy(((np.asarray(matrix, np.float64) * (2.0 / (size - 1)))
                               - np.array([[0, 0, 1.0], [0, 0, 1.0]])).astype(np.float32))
-        xs = torch.arange(x0, x1, dtype=torch.float32)
-        ys = torch.arange(y0, y1, dtype=torch.float32)[:, None]
-        gx_, gy_ = m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+        cols = torch.arange(x0, x1, dtype=torch.float32)
+        rows = torch.arange(y0, y1, dtype=torch.float32)[:, None]
+        gx_, gy_ = m[0, 0] * cols + m[0, 1] * rows + m[0, 2], m[1, 0] * cols + m[1, 1] * rows + m[1, 2]
         self._roi_grid = (gx_[None], gy_[None])  # each (1, h, w)
         self.mask_roi = self._remap(self.mask_crop, *self._roi_grid, mode="bilinear", padding_mode="zeros",
                                     align_corners=True, normalized_coordinates=True)
@@ -213,7 +213,8 @@ class PasteBack:
         fetch = torch.einsum("ij,bjyx->biyx", a[:, :2], grid.permute(0, 3, 1, 2)) + a[:, 2, None, None]
         drawn = to_pixels(generated)
         stacked = torch.cat([fetch, mask.clamp(0, 1), drawn], dim=1)
-        at_roi = self._remap(stacked, *(g.expand(b, h, w) for g in self._roi_grid), mode="bilinear",
+        roi_x, roi_y = self._roi_grid
+        at_roi = self._remap(stacked, roi_x.expand(b, h, w), roi_y.expand(b, h, w), mode="bilinear",
                              padding_mode="border", align_corners=True, normalized_coordinates=True)
         # 2. Fetch from the source frame(s); blend with the drawn part, then with the frame.
         bx0, by0, bx1, by1 = self._fetch_box
@@ -238,12 +239,15 @@ class PasteBack:
         0..255 in the region of interest (modified in place); returns ``out``.
         """
         x0, y0, x1, y1 = self.roi
+        mask = self.mask_roi
+        if mask is None:  # paste and paste_parts return before blending then
+            raise RuntimeError("paste-back: no region to blend (the face oval lies outside the crop)")
         # The second term is fixed for a still frame (cached).
-        background = self._background(frames) if frames.ndim == 3 else None
+        background = self._background(frames, mask) if frames.ndim == 3 else None
         if background is None:
             region = torch.from_numpy(np.ascontiguousarray(out[:, y0:y1, x0:x1])).permute(0, 3, 1, 2).float()
-            background = region.mul_(1.0 - self.mask_roi)
-        face.mul_(self.mask_roi).add_(background).add_(0.5).clamp_(0, 255)  # +0.5 then truncation rounds
+            background = region.mul_(1.0 - mask)
+        face.mul_(mask).add_(background).add_(0.5).clamp_(0, 255)  # +0.5 then truncation rounds
         out[:, y0:y1, x0:x1] = face.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return out
 
@@ -258,11 +262,11 @@ class PasteBack:
             self._pictures = (frames, torch.from_numpy(area).permute(2, 0, 1)[None].float())
         return self._pictures[1].expand(batch, -1, -1, -1)
 
-    def _background(self, frame: np.ndarray) -> torch.Tensor:
-        """(1, 3, h, w) float: ``frame``'s region of interest times (1 - mask), cached per frame."""
+    def _background(self, frame: np.ndarray, mask: torch.Tensor) -> torch.Tensor:
+        """(1, 3, h, w) float: ``frame``'s region of interest times (1 - ``mask``, the ROI mask), cached per frame."""
         if getattr(self, "_bg_frame", None) is not frame:  # the same array object (kept alive here)
             x0, y0, x1, y1 = self.roi
             region = torch.from_numpy(np.ascontiguousarray(frame[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
-            self._bg = region.mul_(1.0 - self.mask_roi)
+            self._bg = region.mul_(1.0 - mask)
             self._bg_frame = frame
         return self._bg

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .attributes import ATTR_NAMES
 from .controls import MAX_SECONDS, OP_KINDS, REGIONS, Op, apply_ops, attr_index, check_value, parse_quantity
@@ -86,7 +87,7 @@ class Preset:
         return apply_ops(attrs, self.ops, self.weight(times) * np.asarray(envelope, np.float32))
 
 
-def smooth_interp(t: np.ndarray, kt: np.ndarray, kv: np.ndarray) -> np.ndarray:
+def smooth_interp(t: np.ndarray, kt: ArrayLike, kv: ArrayLike) -> np.ndarray:
     """Interpolate key values with smoothstep easing between neighbouring keys, held at the ends.
 
     Convention: t (N,) s; kt (K,) increasing s; kv (K,) or (K, D). returns (N,) or (N, D).

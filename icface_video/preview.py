@@ -8,13 +8,14 @@ names only when the render succeeds.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .encode import EncodeConfig, VideoEncoder
-from .media import iter_frames
+from .media import Frame, iter_frames
 from .outputs import atomic_output, is_sequence, sequence_stem
 
 __all__ = ["Preview"]
@@ -29,7 +30,7 @@ def _panel(rgb: np.ndarray, height: int) -> np.ndarray:
 class Preview:
     """Side-by-side video (source | driver | result | generated face, enlarged) and a contact sheet of a few frames."""
 
-    def __init__(self, output: Path, fps: float, total: int, overwrite: bool, driver: str | None,
+    def __init__(self, output: Path, fps: Fraction | float, total: int, overwrite: bool, driver: str | None,
                  height: int = 256) -> None:
         stem = sequence_stem(output) if is_sequence(output) else output.stem
         self.video_path = output.with_name(stem + ".preview.mp4")
@@ -39,10 +40,10 @@ class Preview:
         self.picks = set(np.linspace(0, max(total - 1, 0), num=min(6, total)).round().astype(int).tolist())
         self.sheet: list[np.ndarray] = []
         self._driver = iter_frames(driver) if driver else None
-        self._driver_frame = None
+        self._driver_frame: Frame | None = None
         self._ctx = atomic_output(self.video_path, overwrite)
-        self._tmp = None
-        self._enc = None
+        self._tmp: Path | None = None
+        self._enc: VideoEncoder | None = None
         self._overwrite = overwrite
 
     def _driver_at(self, t: float) -> np.ndarray | None:

@@ -22,7 +22,7 @@ import types
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
@@ -40,6 +40,9 @@ from .preview import Preview
 from .runtime import raise_if_terminated
 from .source import Source, SourceFrame, encode_sources
 from .tensors import to_uint8
+
+if TYPE_CHECKING:
+    from .model import ReenactmentModel, SourceCache
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class RenderOptions:
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
 
-def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
+def geometry_stage(model: ReenactmentModel, options: RenderOptions) -> GeometryStage | None:
     """The geometric stage when ``options.renderer`` is ``geometry``, else None.
 
     Raises:
@@ -86,11 +89,12 @@ def geometry_stage(model, options: RenderOptions) -> GeometryStage | None:
         raise UsageError(f"--renderer {options.renderer}: expected one of {', '.join(RENDERERS)}")
     if options.renderer != "geometry":
         return None
-    if getattr(model, "motion", None) is None:
+    motion = getattr(model, "motion", None)
+    if motion is None:
         raise InputError(getattr(model, "folder", None) or "model folder",
                          "no motion model (motion.json) for the geometry renderer; "
                          "use --renderer network or run python -m train.fit_motion")
-    return GeometryStage(model.motion, options.geometry, getattr(model, "eyelids", None))
+    return GeometryStage(motion, options.geometry, getattr(model, "eyelids", None))
 
 
 def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.Tensor],
@@ -102,7 +106,7 @@ def paste_render(paster: PasteBack, frames: np.ndarray, parts: dict[str, torch.T
     return paster.paste(frames, parts["image"], reference)
 
 
-def render_still(model, still: SourceFrame, attrs: torch.Tensor | None, detail: bool = True,
+def render_still(model: ReenactmentModel, still: SourceFrame, attrs: torch.Tensor | None, detail: bool = True,
                  crop_only: bool = False, renderer: str = "geometry") -> np.ndarray:
     """One photo re-rendered (``edit``) or neutralised (``attrs`` None: ``neutralize``).
 
@@ -155,7 +159,7 @@ def _geometry_batch(geo: GeometryStage, sources: list[SourceFrame], attrs: np.nd
     return (crops if crop_only else frames), (crops if want_faces else None)
 
 
-def _network_batch(model, cache, batch_attrs: torch.Tensor, sources: list[SourceFrame],
+def _network_batch(model: ReenactmentModel, cache: SourceCache, batch_attrs: torch.Tensor, sources: list[SourceFrame],
                    pasters: Callable[[SourceFrame], PasteBack], options: RenderOptions, want_faces: bool,
                    half: bool, stages: dict[str, float], t0: float) -> tuple[np.ndarray, np.ndarray | None]:
     """A batch of frames from the ICface generator, pasted back (or its crops with ``crop_only``);
@@ -217,7 +221,7 @@ def mask_alpha(sf: SourceFrame, size: int, options: RenderOptions) -> np.ndarray
     return alpha
 
 
-def render_video(model, source: Source, attrs: np.ndarray, times: np.ndarray, fps: Fraction | float,
+def render_video(model: ReenactmentModel, source: Source, attrs: np.ndarray, times: np.ndarray, fps: Fraction | float,
                  output: str | Path, options: RenderOptions = RenderOptions(), audio_from: str | None = None,
                  driver_video: str | None = None,
                  progress: Callable[[int, int], None] | None = None, source_cache=None,
@@ -296,7 +300,8 @@ def render_video(model, source: Source, attrs: np.ndarray, times: np.ndarray, fp
                     for k, frame in enumerate(frames):
                         enc.write(np.ascontiguousarray(frame[:height, :width]), alphas(shown[k]) if enc.alpha else None)
                         if preview is not None:
-                            preview.add(b0 + k, float(times[b0 + k]), shown[k].rgb, frame, faces[k])
+                            preview.add(b0 + k, float(times[b0 + k]), shown[k].rgb, frame,
+                                        None if faces is None else faces[k])
                     stages["encode"] += time.perf_counter() - t0
                     if progress is not None:
                         progress(b1, n)

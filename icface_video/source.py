@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .media import iter_frames
 from .smoothing import fill_missing
 from .tensors import to_tensor
 from .track import FaceTrack, analyze_media
+
+if TYPE_CHECKING:
+    from .model import ReenactmentModel, SourceCache
 
 __all__ = ["Source", "SourceFrame", "SourceClip", "analyze_still", "still_from_rgb", "make_source_frame",
            "encode_sources"]
@@ -84,7 +87,7 @@ class SourceFrame:
             yield [self]
 
 
-def encode_sources(model, frames: list[SourceFrame]):
+def encode_sources(model: ReenactmentModel, frames: list[SourceFrame]) -> SourceCache:
     """The model's :class:`~icface_video.model.SourceCache` for one or more source frames
     (crops, attributes and crop landmarks, so the eyelid warp can move the lids)."""
     return model.prepare_source(torch.cat([sf.crop for sf in frames]),
@@ -138,6 +141,8 @@ class SourceClip:
         self.track: FaceTrack = analyze_media(path, face_index=face_index, keep_landmarks=True, progress=progress)
         t = self.track
         self.params = t.smoothed_crop_params(AlignConfig(size=size))
+        if t.landmarks is None:  # asked for above (keep_landmarks)
+            raise RuntimeError(f"{path}: the face track came back without landmarks")
         flat = t.landmarks.reshape(t.num_frames, -1)
         self.landmarks = fill_missing(np.nan_to_num(flat), t.success, t.times).reshape(t.landmarks.shape)
         self.attrs = t.attributes()
@@ -167,6 +172,8 @@ class SourceClip:
                 if nxt is None:
                     break
                 current = nxt
+            if current is None:  # analysed, but no frame decodes now
+                raise InputError(self.path, "no video frames could be decoded")
             yield int(j), make_source_frame(current.rgb, self.landmarks[j], self.attrs[j], self.params[j], self.size)
 
     def batches(self, times: np.ndarray, size: int) -> Iterator[list[SourceFrame]]:

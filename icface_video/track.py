@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
@@ -149,7 +149,7 @@ def analyze_media(
     info = probe(path)
     total = info.frame_count if max_frames is None else min(info.frame_count or max_frames, max_frames)
     workers = analysis_workers() if workers is None else workers
-    opts = dict(face_index=face_index, keep_landmarks=keep_landmarks, keep_blendshapes=keep_blendshapes,
+    opts: dict[str, Any] = dict(face_index=face_index, keep_landmarks=keep_landmarks, keep_blendshapes=keep_blendshapes,
                 fallback=fallback)
     if info.is_still or workers < 2 or total < 2 * MIN_FRAMES_PER_WORKER:
         return analyze_frames(iter_frames(path, max_frames=max_frames), info, max_frames=max_frames,
@@ -224,10 +224,11 @@ class _Rows:
     def extend(self, other: "_Rows") -> "_Rows":
         for name in ("times", "success", "conf", "attrs", "params"):
             getattr(self, name).extend(getattr(other, name))
-        if self.landmarks is not None:
-            self.landmarks.extend(other.landmarks)
-        if self.blendshapes is not None:
-            self.blendshapes.extend(other.blendshapes)
+        for mine, theirs in ((self.landmarks, other.landmarks), (self.blendshapes, other.blendshapes)):
+            if mine is not None:
+                if theirs is None:
+                    raise ValueError("rows: cannot join rows kept with and without landmarks or blendshapes")
+                mine.extend(theirs)
         self.fallbacks += other.fallbacks
         self.max_faces = max(self.max_faces, other.max_faces)
         return self
@@ -257,7 +258,7 @@ def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0,
     """One landmarker over a run of frames; ``progress(done, 0)`` after each; returns early when ``stop`` is set."""
     rows = _Rows(landmarks=[] if keep_landmarks else None, blendshapes=[] if keep_blendshapes else None,
                  face_index=face_index)
-    mode = "image" if info.is_still else "video"
+    mode: Literal["video", "image"] = "image" if info.is_still else "video"
     with FaceAnalyzer(mode=mode, face_index=face_index, fallback=fallback) as analyzer:
         for frame in frames:
             if stop is not None and stop.is_set():
@@ -269,9 +270,9 @@ def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0,
                 rows.conf.append(0.0)
                 rows.attrs.append(np.zeros(NUM_ATTRS, np.float32))
                 rows.params.append(np.zeros(3, np.float32))
-                if keep_landmarks:
+                if rows.landmarks is not None:  # keep_landmarks
                     rows.landmarks.append(np.full((NUM_LANDMARKS, 3), np.nan, np.float32))
-                if keep_blendshapes:
+                if rows.blendshapes is not None:  # keep_blendshapes
                     rows.blendshapes.append(np.full(52, np.nan, np.float32))
             else:
                 rows.success.append(True)
@@ -279,9 +280,9 @@ def _analyze_rows(frames: Iterable[Frame], info: MediaInfo, face_index: int = 0,
                 rows.fallbacks += int(face.fallback)
                 rows.attrs.append(attributes_from_face(face.blendshapes, face.matrix))
                 rows.params.append(landmark_params(face.landmarks))
-                if keep_landmarks:
+                if rows.landmarks is not None:
                     rows.landmarks.append(face.landmarks)
-                if keep_blendshapes:
+                if rows.blendshapes is not None:
                     rows.blendshapes.append(face.blendshapes)
             if progress is not None:
                 progress(len(rows.times), 0)

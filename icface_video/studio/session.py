@@ -26,13 +26,19 @@ import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..attributes import ATTR_NAMES, AU_DESCRIPTIONS, AU_NAMES, NUM_AUS, from_scale
 from ..controls import REGIONS, apply_ops, parse_set
 from ..errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from ..driving import Mode
+    from ..smoothing import SmoothMethod
+    from ..source import SourceFrame
+    from ..track import FaceTrack
 
 #: Face regions of the sliders, in page order (``controls.REGIONS``).
 SLIDER_REGIONS: tuple[str, ...] = ("brows", "eyes", "mouth", "pose")
@@ -135,7 +141,7 @@ class DriveSpec:
 
     parts: tuple[str, ...]
     relative: bool = True
-    smooth: str = "gaussian"
+    smooth: SmoothMethod = "gaussian"
     smooth_strength: float = 1.0
 
     @classmethod
@@ -158,7 +164,7 @@ class DriveSpec:
         return cls(tuple(p for p in DRIVE_PARTS if p in parts), bool(values["relative"]), values["smooth"],
                    float(values["smooth_strength"]))
 
-    def layout(self) -> tuple[str | None, dict[str, bool]]:
+    def layout(self) -> tuple[Mode | None, dict[str, bool]]:
         """(mode of the main driver or None, part regions driven by part drivers)."""
         parts = set(self.parts)
         if parts == set(DRIVE_PARTS):
@@ -235,13 +241,15 @@ def preset_toml(description: str, values: dict, source_attrs: np.ndarray, offset
     lines = [f"description = {json.dumps(description or 'made in icface-video studio')}", "", f"[{table}]"]
     for e in exprs:
         m = re.fullmatch(r"([A-Za-z0-9]+)(\+=|-=|=)(-?[0-9.e+]+)(deg)?", e)
+        if m is None:  # set_expressions writes only this form (a NaN source value would not match)
+            raise ValueError(f"preset: cannot write the expression {e!r}")
         name, op, number, unit = m.groups()
         value = -float(number) if op == "-=" else float(number)
         lines.append(f'{name} = "{value:g}deg"' if unit else f"{name} = {value:g}")
     return "\n".join(lines) + "\n"
 
 
-def keyframes_toml(keys: list[dict], source_attrs: np.ndarray) -> str:
+def keyframes_toml(keys: list[dict] | None, source_attrs: np.ndarray) -> str:
     """A keyframe file (:mod:`icface_video.keyframes`) of keys ``{"time": s, "values": {...}}``.
 
     Every attribute that differs from the source's own value in any key is written in every
@@ -268,9 +276,9 @@ def keyframes_toml(keys: list[dict], source_attrs: np.ndarray) -> str:
     lines = []
     for t, v in rows:
         lines += ["[[key]]", f"time = {t:g}"]
-        for n in changed:
-            value = round(_number(v, n) if n in v else own[n], 2)
-            lines.append(f'{n} = "{value:g}deg"' if ATTR_NAMES.index(n) >= NUM_AUS else f"{n} = {value:g}")
+        for name in changed:
+            value = round(_number(v, name) if name in v else own[name], 2)
+            lines.append(f'{name} = "{value:g}deg"' if ATTR_NAMES.index(name) >= NUM_AUS else f"{name} = {value:g}")
         lines.append("")
     return "\n".join(lines)
 
@@ -288,6 +296,7 @@ class Job:
     error: str | None = None
     summary: dict | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None  # the render's, once started
 
     def as_json(self) -> dict:
         return {"output": Path(self.output).name, "command": self.command, "state": self.state, "stage": self.stage,
@@ -315,15 +324,17 @@ class Studio:
         self.outdir = Path(outdir).expanduser().resolve()
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.model = load_model(None, device)
-        self._geo = geometry_stage(self.model, RenderOptions())
-        self._draft_geo = geometry_stage(self.model, RenderOptions())
+        geo, draft_geo = geometry_stage(self.model, RenderOptions()), geometry_stage(self.model, RenderOptions())
+        if geo is None or draft_geo is None:  # the studio draws with the geometric renderer (the default)
+            raise RuntimeError("studio: the default renderer must be the geometric one")
+        self._geo, self._draft_geo = geo, draft_geo
         self.max_preview_side = int(max_preview_side)
         self.lock = threading.RLock()
         self.source_path: str | None = None
-        self.still = None
-        self._draft = None
+        self.still: SourceFrame | None = None
+        self._draft: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, landmarks) at most max_preview_side
         self.clip_path: str | None = None
-        self._clip_face = None  # FaceTrack of the clip
+        self._clip_face: FaceTrack | None = None  # FaceTrack of the clip
         self._tracks: dict = {}
         self.thumbs: list[bytes] = []
         self.user_presets: dict[str, Path] = {}
@@ -344,9 +355,9 @@ class Studio:
         still = still_from_rgb(load_image(p), self.model.resolution, 0, p)
         with self.lock:
             self.source_path, self.still, self._draft = str(p), still, self._make_draft(still)
-        return self.source_info()
+            return self._source_info()
 
-    def _make_draft(self, still):
+    def _make_draft(self, still: SourceFrame) -> tuple[np.ndarray, np.ndarray] | None:
         import cv2
 
         h, w = still.rgb.shape[:2]
@@ -359,13 +370,15 @@ class Studio:
         return rgb, (still.landmarks * scale).astype(still.landmarks.dtype)
 
     def source_info(self) -> dict | None:
-        if self.still is None:
-            return None
-        a = self.still.attrs
+        return self._source_info() if self.still is not None else None
+
+    def _source_info(self) -> dict:
+        path, still = self._loaded_source()
+        a = still.attrs
         values = {n: round(math.degrees(float(a[i])) if i >= NUM_AUS else float(a[i]), 2)
                   for i, n in enumerate(ATTR_NAMES)}
-        h, w = self.still.rgb.shape[:2]
-        return {"name": Path(self.source_path).name, "path": self.source_path, "width": w, "height": h,
+        h, w = still.rgb.shape[:2]
+        return {"name": Path(path).name, "path": path, "width": w, "height": h,
                 "values": values}
 
     def load_clip(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -392,16 +405,24 @@ class Studio:
             thumbs.append(cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
         with self.lock:
             self.clip_path, self._clip_face, self._tracks, self.thumbs = str(p), face, {}, thumbs
-        return self.clip_info()
+            return self._clip_info()
 
     def clip_info(self) -> dict | None:
-        if self._clip_face is None:
-            return None
-        t = self._clip_face.times
-        return {"name": Path(self.clip_path).name, "path": self.clip_path, "frames": int(len(t)),
-                "times": [round(float(x), 4) for x in t], "fps": round(float(self._clip_face.info.fps or 25), 3)}
+        return self._clip_info() if self._clip_face is not None else None
 
-    def track(self, smooth: str, strength: float):
+    def _clip_info(self) -> dict:
+        path, face = self._loaded_clip()
+        t = face.times
+        return {"name": Path(path).name, "path": path, "frames": int(len(t)),
+                "times": [round(float(x), 4) for x in t], "fps": round(float(face.info.fps or 25), 3)}
+
+    def _loaded_clip(self) -> tuple[str, FaceTrack]:
+        """The driving clip's path and face track; UsageError when none is loaded."""
+        if self.clip_path is None or self._clip_face is None:
+            raise UsageError("no driving clip loaded")
+        return self.clip_path, self._clip_face
+
+    def track(self, smooth: SmoothMethod, strength: float):
         """The clip as an :class:`~icface_video.driving.AttributeTrack` with this smoothing
         (what ``reenact`` reads from it; the clip is analysed once)."""
         from ..driving import AttributeTrack
@@ -409,7 +430,7 @@ class Studio:
 
         key = (smooth, strength)
         if key not in self._tracks:
-            self._tracks[key] = AttributeTrack.from_face_track(self._clip_face, SmoothConfig(smooth, strength))
+            self._tracks[key] = AttributeTrack.from_face_track(self._loaded_clip()[1], SmoothConfig(smooth, strength))
         return self._tracks[key]
 
     def add_user_preset(self, path: Path) -> str:
@@ -428,10 +449,14 @@ class Studio:
 
     # -- attributes and pictures ------------------------------------------------------
 
-    def _need_source(self):
-        if self.still is None:
+    def _loaded_source(self) -> tuple[str, SourceFrame]:
+        """The source photo's path and analysis; UsageError when none is loaded."""
+        if self.source_path is None or self.still is None:
             raise UsageError("no source photo loaded: open one first")
-        return self.still
+        return self.source_path, self.still
+
+    def _need_source(self) -> SourceFrame:
+        return self._loaded_source()[1]
 
     def attributes(self, values: dict, drive: dict | None = None, time: float = 0.0,
                    keys: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -460,8 +485,7 @@ class Studio:
             return frames.evaluate(still.attrs, np.array([float(time)]))[0], None
         if drive is None:
             return apply_ops(still.attrs[None], ops)[0], None
-        if self._clip_face is None:
-            raise UsageError("no driving clip loaded")
+        self._loaded_clip()  # UsageError when no clip is loaded
         spec = DriveSpec.from_json(drive)
         if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
             raise UsageError(f"time: expected seconds, got {time!r}")
@@ -481,7 +505,7 @@ class Studio:
         draft: at most ``max_preview_side`` a side)."""
         attrs, placement = self.attributes(values, drive, time, keys)
         with self.lock:
-            still = self.still
+            still = self._need_source()
             if draft and self._draft is not None:
                 rgb, lm = self._draft
                 k = rgb.shape[1] / still.rgb.shape[1]
@@ -516,7 +540,7 @@ class Studio:
         self.files[name] = path
         return path
 
-    def export_preset(self, name: str, description: str, values: dict, drive: dict | None, overwrite: bool) -> dict:
+    def export_preset(self, name: object, description: str, values: dict, drive: dict | None, overwrite: bool) -> dict:
         from .. import presets as P
 
         still = self._need_source()
@@ -529,7 +553,7 @@ class Studio:
         return {"file": path.name, "path": str(path), "text": text,
                 "command": command_line(["presets", "validate", str(path)])}
 
-    def export_keyframes(self, name: str, keys: list, overwrite: bool) -> dict:
+    def export_keyframes(self, name: object, keys: list | None, overwrite: bool) -> dict:
         from ..keyframes import load_keyframes
 
         still = self._need_source()
@@ -542,22 +566,21 @@ class Studio:
                  keyframes: str | None = None) -> dict:
         """What is on screen as command lines: the picture (``edit``), the video
         (``reenact`` with a clip, else ``animate``) and the video as a ``batch`` job."""
-        still = self._need_source()
+        source, still = self._loaded_source()
         out_video = str(self.outdir / safe_name(output, ".mp4"))
         if drive is not None:
-            if self.clip_path is None:
-                raise UsageError("no driving clip loaded")
+            clip, _ = self._loaded_clip()
             sets = set_expressions(values, still.attrs, True)
-            options = DriveSpec.from_json(drive).reenact_options(self.clip_path)
-            return {"video": command_line(reenact_argv(self.source_path, out_video, options, sets)),
-                    "batch": batch_job_toml(self.source_path, out_video, options, sets), "kind": "reenact"}
+            options = DriveSpec.from_json(drive).reenact_options(clip)
+            return {"video": command_line(reenact_argv(source, out_video, options, sets)),
+                    "batch": batch_job_toml(source, out_video, options, sets), "kind": "reenact"}
         sets = set_expressions(values, still.attrs, False)
-        edit = ["edit", "-s", self.source_path] + [x for s in sets for x in ("--set", s)] + \
+        edit = ["edit", "-s", source] + [x for s in sets for x in ("--set", s)] + \
             ["-o", str(self.outdir / "studio.png")]
         if keyframes:
-            video = ["animate", "-s", self.source_path, "--keyframes", keyframes, "-o", out_video]
+            video = ["animate", "-s", source, "--keyframes", keyframes, "-o", out_video]
         else:
-            video = ["animate", "-s", self.source_path] + [x for s in sets for x in ("--set", s)] + \
+            video = ["animate", "-s", source] + [x for s in sets for x in ("--set", s)] + \
                 ["--duration", "3", "-o", out_video]
         return {"still": command_line(edit) if sets else None,
                 "video": command_line(video) if (sets or keyframes) else None, "kind": "animate"}
@@ -584,7 +607,7 @@ class Studio:
         job = Job(str(out), cmds["video"])
         if drive is not None:
             sets = set_expressions(values, still.attrs, True)
-            options = DriveSpec.from_json(drive).reenact_options(self.clip_path)
+            options = DriveSpec.from_json(drive).reenact_options(self._loaded_clip()[0])
             work = lambda progress: self._render_reenact(out, options, sets, overwrite, progress)  # noqa: E731
         else:
             sets = set_expressions(values, still.attrs, False)
@@ -614,7 +637,7 @@ class Studio:
         from ..api import reenact
 
         driving = options.pop("driving", None)
-        return reenact(self.source_path, driving, out, set=sets, overwrite=overwrite, model=self.model,
+        return reenact(self._loaded_source()[0], driving, out, set=sets, overwrite=overwrite, model=self.model,
                        progress=progress, **options)
 
     def _render_animate(self, out: Path, keyfile: str | None, sets: list[str], overwrite: bool, progress) -> dict:
@@ -625,7 +648,7 @@ class Studio:
         from ..options import ReenactOptions
 
         keys = load_keyframes(keyfile) if keyfile else None
-        opts = ReenactOptions(source=self.source_path, output=str(out), set=() if keys else tuple(sets))
+        opts = ReenactOptions(source=self._loaded_source()[0], output=str(out), set=() if keys else tuple(sets))
         job = animate_job(opts, keys, None if keys else 3.0, 25.0, 0.25, overwrite)
         return run_reenact(job, self.model, progress)
 
@@ -634,4 +657,5 @@ class Studio:
         job = self.job
         if job is not None and job.state == "running":
             job.cancel.set()
-            job.thread.join(timeout)
+            if job.thread is not None:
+                job.thread.join(timeout)
