@@ -198,11 +198,11 @@ def init_from_checkpoint(path: Path, modules: dict[str, nn.Module], optims: dict
         missing = set(result.missing_keys)
         if any(k not in names for k in missing):
             raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix} lacks buffers {sorted(missing - set(names))}")
-        n_old = len(names) - len(missing)
-        if any(n in missing for n in names[:n_old]):
+        kept = len(names) - len(missing)
+        if any(n in missing for n in names[:kept]):
             raise CheckpointError(f"{path / CHECKPOINT_WEIGHTS_NAME}: {prefix}: the new parameters "
                                   f"{sorted(missing)} must come last in the network")
-        counts[prefix] = n_old
+        counts[prefix] = kept
     opt = read_tensors(path / "optim.safetensors")
     for prefix, o in optims.items():
         params = o.param_groups[0]["params"]

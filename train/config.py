@@ -197,7 +197,7 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str, base: Any = Non
         if name not in data:
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             sub_base = getattr(base, name) if base is not None else None
             kwargs[name] = build_dataclass(tp, data[name], f"{where}.{name}", sub_base)
         else:

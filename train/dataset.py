@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -89,7 +90,17 @@ def read_index(root: Path) -> dict:
     return index
 
 
-def load_clip(path: Path, resolution: int) -> dict[str, np.ndarray]:
+class ClipArrays(TypedDict):
+    """One clip file's arrays (shapes in the module docstring) and the AU scale of ``attrs``."""
+
+    crops: np.ndarray
+    attrs: np.ndarray
+    landmarks: np.ndarray
+    success: np.ndarray
+    au_scale: str
+
+
+def load_clip(path: Path, resolution: int) -> ClipArrays:
     """Load one clip file (no pickle) and check its arrays; ``data["au_scale"]`` is the attrs' scale."""
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -105,8 +116,8 @@ def load_clip(path: Path, resolution: int) -> dict[str, np.ndarray]:
     for key, shape in expect.items():
         if data[key].shape != shape:
             raise DatasetError(f"{path}: {key} has shape {data[key].shape}, expected {shape}")
-    data["au_scale"] = scale
-    return data
+    return ClipArrays(crops=data["crops"], attrs=data["attrs"], landmarks=data["landmarks"],
+                      success=data["success"], au_scale=scale)
 
 
 class PairDataset:

@@ -71,10 +71,12 @@ def resampled(rgb: np.ndarray) -> np.ndarray:
     """The real frame as a renderer's output would carry it: shifted by half a pixel
     (bilinear resampling) and JPEG-compressed at quality 90. Re-measuring these against the
     stored attributes gives the extractor's noise floor on full frames."""
-    m = np.float32([[1, 0, 0.5], [0, 1, 0.5]])
+    m = np.array([[1, 0, 0.5], [0, 1, 0.5]], np.float32)
     moved = cv2.warpAffine(rgb, m, (rgb.shape[1], rgb.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     ok, buf = cv2.imencode(".jpg", moved, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    assert decoded is not None  # the JPEG cv2 has just encoded
+    return decoded
 
 
 def read_frames(path: str, indices: np.ndarray) -> dict[int, np.ndarray]:
@@ -169,7 +171,8 @@ def run_self(tracks: list[ClipTrack], methods: list[Method], targets: int, log) 
     """Per method, per clip arrays of the self-reenactment figures; and the sheet candidates."""
     measure, emb = Measure(), IdentityEmbedder()
     names = ["no-motion"] + [m.name for m in methods] + ["floor"]
-    per = {n: {"l1": [], "au": [], "pose": [], "id": [], "clip": []} for n in names}
+    per: dict[str, dict[str, list[np.ndarray | str]]] = {n: {"l1": [], "au": [], "pose": [], "id": [], "clip": []}
+                                                         for n in names}
     candidates = []
     for t in tracks:
         s, tg = self_pairs(t, targets)
@@ -213,7 +216,8 @@ def run_self(tracks: list[ClipTrack], methods: list[Method], targets: int, log) 
 def run_cross(tracks: list[ClipTrack], methods: list[Method], frames_per: int, log) -> dict:
     """Per method: identity to the source, AU and yaw/pitch correlations with the plan."""
     measure, emb = Measure(), IdentityEmbedder()
-    out = {m.name: {"id": [], "au_corr": [], "yaw_corr": [], "pitch_corr": []} for m in methods}
+    out: dict[str, dict[str, list[float | np.floating]]] = {
+        m.name: {"id": [], "au_corr": [], "yaw_corr": [], "pitch_corr": []} for m in methods}
     order = sorted(tracks, key=lambda t: t.id)
     for i, t in enumerate(order):
         drv = next((d for d in order[i + 1:] + order[:i] if d.identity != t.identity), None)

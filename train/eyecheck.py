@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 if i in columns:
                     columns[i].append(img)
                 found.append(au45)
-            found = np.array(found)
-            print(f"{name}: output AU45 {np.nanmean(found):.2f}, MAE {np.nanmean(np.abs(found - targets)):.2f}, "
-                  f"no face {int(np.isnan(found).sum())}")
+            got = np.array(found)
+            print(f"{name}: output AU45 {np.nanmean(got):.2f}, MAE {np.nanmean(np.abs(got - targets)):.2f}, "
+                  f"no face {int(np.isnan(got).sum())}")
     if args.sheet:
         rows = [np.concatenate([cv2.resize(im, (256, 256), interpolation=cv2.INTER_CUBIC) for im in cols], axis=1)
                 for cols in columns.values()]

@@ -98,6 +98,7 @@ def track_of(row: dict, max_frames: int, cache: Path | None = None) -> ClipTrack
             t = analyze_media(rel, keep_landmarks=True, keep_blendshapes=True, max_frames=max_frames, workers=1)
         except InputError:
             return None
+        assert t.landmarks is not None and t.blendshapes is not None  # both requested above
         folder.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, landmarks=t.landmarks.astype(np.float32), blendshapes=t.blendshapes.astype(np.float32),

@@ -314,14 +314,14 @@ def run(cfg: TrainConfig, resume: bool) -> int:
                 logs = trainer.train_step()
                 trainer.wall += time.perf_counter() - t0
                 step = trainer.step
-                if dist_info.main and (step % cfg.run.log_every == 0 or step == 1):
+                if metrics is not None and writer is not None and (step % cfg.run.log_every == 0 or step == 1):
                     logs["wall_s"] = trainer.wall
                     metrics.write(json.dumps({"step": step, **logs}) + "\n")
                     metrics.flush()
                     for k, v in logs.items():
                         writer.add_scalar(k, v, step)
                     progress.update(task, info=f"L1 {logs['g/l1']:.4f} total {logs['g/total']:.3f}")
-                if dist_info.main and step % cfg.run.image_every == 0:
+                if writer is not None and step % cfg.run.image_every == 0:
                     writer.add_image("samples", trainer.image_grid(), step)
                 out_of_time = 0 < cfg.run.max_wall_s <= trainer.wall
                 if cfg.run.max_wall_s > 0 and dist_info.world > 1:

@@ -88,6 +88,7 @@ def measure_clip(video: str | Path, openface_csv: str | Path) -> ClipAus:
     from icface_video.track import analyze_media
 
     track = analyze_media(video, keep_blendshapes=True)
+    assert track.blendshapes is not None  # requested above
     table = read_attributes_csv(openface_csv)
     if table.num_frames != track.num_frames:
         raise InputError(openface_csv, f"{table.num_frames} rows but {video} has {track.num_frames} frames")
@@ -110,11 +111,14 @@ def _knots(a: float, b: float, x: np.ndarray) -> tuple[list[float], list[float]]
         return [0.0, AU_MAX], [0.0, AU_MAX]
     xs, ys = [0.0], [0.0]
     if lo > 0.02:
-        xs.append(lo), ys.append(MIN_SLOPE * lo)
+        xs.append(lo)
+        ys.append(MIN_SLOPE * lo)
     if hi < AU_MAX - 0.05:
         yh = min(max(a + b * hi, ys[-1] + MIN_SLOPE * (hi - xs[-1])), AU_MAX - MIN_SLOPE * (AU_MAX - hi))
-        xs.append(hi), ys.append(yh)
-    xs.append(AU_MAX), ys.append(min(max(a + b * AU_MAX, ys[-1] + MIN_SLOPE * (AU_MAX - xs[-1])), AU_MAX))
+        xs.append(hi)
+        ys.append(yh)
+    xs.append(AU_MAX)  # first: xs[-1] below is AU_MAX, so its MIN_SLOPE term is 0 (as the curves were fitted)
+    ys.append(min(max(a + b * AU_MAX, ys[-1] + MIN_SLOPE * (AU_MAX - xs[-1])), AU_MAX))
     return xs, ys
 
 

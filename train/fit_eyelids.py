@@ -68,7 +68,8 @@ def fit_openness(ds: PairDataset, bin_width: float = 0.5, min_count: int = 30) -
     return knots, [round(v, 4) for v in values], counts
 
 
-def fit_motion(ds: PairDataset, pairs_per_clip: int, rng: np.random.Generator) -> tuple[list[dict], list[float]]:
+def fit_motion(ds: PairDataset, pairs_per_clip: int,
+               rng: np.random.Generator) -> tuple[list[dict[int, tuple[float, float]]], list[float]]:
     """Per eye ``{landmark: (kx, ky)}`` and the R^2 of the y fit over the contour (step 2)."""
     motion, r2s = [], []
     for eye in EYES:
@@ -95,7 +96,7 @@ def fit_motion(ds: PairDataset, pairs_per_clip: int, rng: np.random.Generator) -
     return motion, r2s
 
 
-def ring_follows_lid(motion: dict, eye, factor: float) -> dict:
+def ring_follows_lid(motion: dict[int, tuple[float, float]], eye, factor: float) -> dict[int, tuple[float, float]]:
     """``motion`` with each ring landmark moving ``factor`` times as its upper-lid contour point."""
     out = dict(motion)
     for r, u in zip(eye.ring, eye.upper):
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lid motion fitted; contour R^2 {r2[0]:.2f} / {r2[1]:.2f}")
     if args.ring_follow > 0:
         motion = [ring_follows_lid(m, eye, args.ring_follow) for m, eye in zip(motion, EYES)]
-    base = EyelidConfig(tuple(knots), tuple(values), tuple(motion))
+    left, right = motion  # one per eye of EYES
+    base = EyelidConfig(tuple(knots), tuple(values), (left, right))
     model = ReenactmentModel.load(args.model, eyelids=False)
     pairs = calibration_pairs(ds, (1.0, 2.0, 2.5, 3.0, 3.5, 4.0), args.calibration_clips)
     gains = [float(g) for g in args.gains.split(",")]

@@ -59,7 +59,9 @@ def design(track: ClipTrack, knots: tuple[float, ...], scale: str) -> tuple[np.n
 
 def fit(tracks: list[ClipTrack], knots: tuple[float, ...], ridge: float, scale: str = FIT_SCALE) -> tuple[np.ndarray, dict]:
     """(F, 478, 3) displacement weights by ridge least squares (nuisance columns unpenalised)."""
-    xtx, xty, n = None, None, 0
+    xtx: np.ndarray | None = None
+    xty: np.ndarray | None = None
+    n = 0
     for t in tracks:
         if t.success.sum() < 10:
             continue
@@ -68,6 +70,8 @@ def fit(tracks: list[ClipTrack], knots: tuple[float, ...], ridge: float, scale: 
         xtx = x.T @ x if xtx is None else xtx + x.T @ x
         xty = x.T @ p if xty is None else xty + x.T @ p
         n += len(x)
+    if xtx is None or xty is None:
+        raise ValueError("tracks: no clip with 10 or more frames with a face")
     nf = NUM_AUS * len(knots)
     reg = np.zeros(xtx.shape[0])
     reg[:nf] = ridge
@@ -91,9 +95,9 @@ def mirror_map(mean_shape: np.ndarray) -> np.ndarray:
 
 def evaluate(model: MotionModel, tracks: list[ClipTrack], every: int = 5) -> dict:
     """Landmark errors (pixels of the target frame) on pairs of frames of each clip."""
-    rows = {"none": [], "pose": [], "model": []}
+    rows: dict[str, list[np.ndarray]] = {"none": [], "pose": [], "model": []}
     parts = {"mouth": MOUTH, "eyes": EYES, "all": np.arange(NUM_MESH)}
-    expressive = []
+    expressive: list[np.ndarray] = []
     for t in tracks:
         ok = np.nonzero(t.success)[0]
         if len(ok) < 10:
@@ -116,11 +120,12 @@ def evaluate(model: MotionModel, tracks: list[ClipTrack], every: int = 5) -> dic
             rows[k].append(np.stack([err[:, v].mean(1) for v in parts.values()], 1))
         expressive.append(np.abs(attrs[targets, :NUM_AUS] - attrs[s, :NUM_AUS]).max(1) > 1.5)
     expr = np.concatenate(expressive)
-    out = {}
+    out: dict[str, dict[str, float] | int] = {}
     for k, v in rows.items():
-        v = np.concatenate(v)
-        out[k] = {f"{part}": round(float(v[:, j].mean()), 3) for j, part in enumerate(parts)}
-        out[k].update({f"{part}_expressive": round(float(v[expr, j].mean()), 3) for j, part in enumerate(parts)})
+        errs = np.concatenate(v)
+        figures = {f"{part}": round(float(errs[:, j].mean()), 3) for j, part in enumerate(parts)}
+        figures.update({f"{part}_expressive": round(float(errs[expr, j].mean()), 3) for j, part in enumerate(parts)})
+        out[k] = figures
     out["pairs"], out["expressive_pairs"] = int(len(expr)), int(expr.sum())
     return out
 
@@ -145,7 +150,7 @@ def calibrate_gain(model: MotionModel, tracks: list[ClipTrack], gains: tuple[flo
     rng = np.random.default_rng(0)
     usable = [t for t in tracks if t.success.sum() >= 30]
     chosen = [usable[i] for i in sorted(rng.choice(len(usable), size=min(clips, len(usable)), replace=False))]
-    errors = {g: [] for g in gains}
+    errors: dict[float, list[np.ndarray]] = {g: [] for g in gains}
     with FaceAnalyzer(mode="image") as fa:
         for t in chosen:
             ok = np.nonzero(t.success)[0]
@@ -196,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     mean_shape = np.mean(shapes, axis=0)
     # the tracks' AUs (train.face_tracks: blendshapes_to_aus) are on the tool's scale
     model = MotionModel(knots, weights, mean_shape, mirror_map(mean_shape), {"au_scale": FIT_SCALE})
-    gain, gain_mae = np.ones(NUM_AUS), {}
+    gain = np.ones(NUM_AUS)
+    gain_mae: dict[float, float] = {}
     if not args.no_gain:
         gain, gain_mae = calibrate_gain(model, train, (1.0, 1.25, 1.5, 1.75, 2.0, 2.5),
                                         log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -199,10 +199,10 @@ def landmark_flow_loss(grid: torch.Tensor, src_lm: torch.Tensor, tgt_lm: torch.T
     sampled = F.grid_sample(grid.permute(0, 3, 1, 2), u_t.unsqueeze(2), mode="bilinear",
                             padding_mode="border", align_corners=False)  # (B, 2, 478, 1)
     err = (sampled.squeeze(3).transpose(1, 2) - u_s).abs().sum(dim=2)  # (B, 478)
-    w = torch.ones(err.shape[1], dtype=err.dtype, device=err.device)
-    w[list(EXPRESSION_LANDMARKS)] = expression_weight
-    w[list(UPPER_LIDS)] *= upper_lid_weight
-    return (err * w).sum(dim=1).mean() / (2 * w.sum())
+    weight = torch.ones(err.shape[1], dtype=err.dtype, device=err.device)
+    weight[list(EXPRESSION_LANDMARKS)] = expression_weight
+    weight[list(UPPER_LIDS)] *= upper_lid_weight
+    return (err * weight).sum(dim=1).mean() / (2 * weight.sum())
 
 
 def flow_smoothness(grid: torch.Tensor) -> torch.Tensor:
@@ -253,6 +253,9 @@ class VGGPerceptual(nn.Module):
         Images are resized to ``resolution`` and ImageNet-normalised first.
     """
 
+    mean: torch.Tensor  # buffers, (1, 3, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, layers: int = 2, resolution: int = 128, weights: str | Path | None = None) -> None:
         super().__init__()
         path = Path(weights) if weights else default_vgg_path()
@@ -266,6 +269,7 @@ class VGGPerceptual(nn.Module):
             for cout in stage:
                 conv = nn.Conv2d(cin, cout, 3, 1, 1)
                 conv.weight.data.copy_(state[f"conv{k}.weight"])
+                assert conv.bias is not None  # Conv2d's default bias=True
                 conv.bias.data.copy_(state[f"conv{k}.bias"])
                 convs.append(conv)
                 k, cin = k + 1, cout
@@ -285,6 +289,7 @@ class VGGPerceptual(nn.Module):
         for i, convs in enumerate(self.stages):
             if i > 0:
                 x = F.max_pool2d(x, 2)
+            assert isinstance(convs, nn.ModuleList)  # one ModuleList of convs per stage
             for conv in convs:
                 x = F.relu(conv(x))
             feats.append(x)
@@ -294,4 +299,7 @@ class VGGPerceptual(nn.Module):
         with torch.no_grad():
             real_f = self.features(real)
         fake_f = self.features(fake)
-        return sum(F.l1_loss(a, b) for a, b in zip(fake_f, real_f)) / len(fake_f)
+        total = F.l1_loss(fake_f[0], real_f[0])
+        for a, b in zip(fake_f[1:], real_f[1:]):
+            total = total + F.l1_loss(a, b)
+        return total / len(fake_f)

@@ -11,6 +11,7 @@ under :func:`cache_dir` as safetensors.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -44,10 +45,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if name == "_reconstruct":
             try:
-                from numpy._core.multiarray import _reconstruct
+                multiarray = importlib.import_module("numpy._core.multiarray")
             except ImportError:  # numpy < 2
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
+                multiarray = importlib.import_module("numpy.core.multiarray")
+            return multiarray._reconstruct
         return getattr(np, name)
 
 

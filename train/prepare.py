@@ -139,6 +139,7 @@ def prepare_clip(job: ClipJob, out: Path, size: int, max_frames: int) -> dict:
     align = AlignConfig(size=size)
     info = _info_of(job)
     track = analyze_frames(_frames_of(job), info, keep_landmarks=True, keep_blendshapes=True)
+    assert track.landmarks is not None and track.blendshapes is not None  # both requested above
     n = track.num_frames
     step = max(1, int(np.ceil(n / max_frames)))
     keep = np.arange(0, n, step)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from icface_video.attributes import from_scale
-from icface_video.model import ReenactmentModel
+from icface_video.model import ReenactmentModel, SourceCache
 from icface_video.tensors import to_uint8
 from train.dataset import PairDataset
 from train.losses import BROWS, LEFT_EYE, LIPS, RIGHT_EYE, _box_mask
@@ -50,7 +50,7 @@ def quickcheck(model: ReenactmentModel | None, data: PairDataset, per_clip: int 
     """Metrics for ``model`` (None = no-motion only) and no-motion, as nested dicts."""
     triples = collect_pairs(data, per_clip)
     sums: dict[str, dict[str, list[float]]] = {"no-motion": {}, "model": {}}
-    caches: dict[int, object] = {}
+    caches: dict[int, SourceCache] = {}
     for i in range(0, len(triples), batch):
         chunk = triples[i:i + batch]
         b = data.collate(chunk)
