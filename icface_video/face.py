@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import IcfaceError
-from .mesh_topology import NUM_LANDMARKS  # noqa: F401  (re-exported: train/evaluate.py imports it from here)
 
 if TYPE_CHECKING:
     import cv2

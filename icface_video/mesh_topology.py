@@ -69,6 +69,8 @@ EYE_CONTOURS: tuple[tuple[int, ...], tuple[int, ...]] = tuple(  # type: ignore[a
 BROWS: tuple[int, ...] = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 # The iris centres (468: iris of the image-left eye in a frontal view; 473: the other).
 IRIS_CENTRES: tuple[int, int] = (468, 473)
+NOSE_TIP = 1  # the tip of the nose
+MOUTH_CORNERS: tuple[int, int] = (61, 291)  # OUTER_LIPS' two ends
 
 # Points that move little with expression (nose bridge, eye corners, forehead, temples,
 # the sides of the face at ear level): the head's centre and scale are measured on them.

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import torch
 
+from icface_video.model import CHECKPOINT_STATE_NAME
+
 if TYPE_CHECKING:
     from icface_video.model import ReenactmentModel
 
@@ -49,7 +51,7 @@ class Method:
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoints folder with ``latest.json`` -> the folder it points to; else ``path``."""
     latest = path / "latest.json"
-    if path.is_dir() and latest.is_file() and not (path / "state.json").is_file():
+    if path.is_dir() and latest.is_file() and not (path / CHECKPOINT_STATE_NAME).is_file():
         return path / json.loads(latest.read_text())["path"]
     return path
 

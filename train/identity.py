@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from icface_video.face import package_file
+from icface_video.mesh_topology import IRIS_CENTRES, MOUTH_CORNERS, NOSE_TIP
 
 __all__ = ["ARCFACE_TEMPLATE", "SFACE_FILE", "IdentityEmbedder", "five_points"]
 
@@ -19,18 +20,14 @@ SFACE_FILE = "models/face_recognition_sface_2021dec_int8bq.onnx"
 # tip, mouth corner (image left), mouth corner (image right).
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
-# MediaPipe face mesh (478 points) indices: iris centres, nose tip, mouth corners.
-_IRIS = (468, 473)
-_NOSE_TIP = 1
-_MOUTH = (61, 291)
 
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
     """(478, 2+) MediaPipe landmarks -> (5, 2) in the ArcFace template order (by image x)."""
     lm = np.asarray(landmarks, np.float32)[:, :2]
-    eyes = sorted((lm[i] for i in _IRIS), key=lambda p: p[0])
-    mouth = sorted((lm[i] for i in _MOUTH), key=lambda p: p[0])
-    return np.stack([eyes[0], eyes[1], lm[_NOSE_TIP], mouth[0], mouth[1]]).astype(np.float32)
+    eyes = sorted((lm[i] for i in IRIS_CENTRES), key=lambda p: p[0])
+    mouth = sorted((lm[i] for i in MOUTH_CORNERS), key=lambda p: p[0])
+    return np.stack([eyes[0], eyes[1], lm[NOSE_TIP], mouth[0], mouth[1]]).astype(np.float32)
 
 
 class IdentityEmbedder:

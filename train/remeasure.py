@@ -44,7 +44,8 @@ class AttributeReader:
             attrs (K, 20) float32 (NaN rows where no face was found) and landmarks
             (K, 478, 2) float32 in ``self.size`` pixels (NaN where no face).
         """
-        from icface_video.face import NUM_LANDMARKS, FaceAnalyzer
+        from icface_video.face import FaceAnalyzer
+        from icface_video.mesh_topology import NUM_LANDMARKS
 
         big = upscale(crops, self.size)
         k = len(big)
