@@ -26,7 +26,7 @@ from .errors import InputError, UsageError
 from .keyframes import Keyframes
 from .media import FALLBACK_RATE, exact_rate, is_variable_rate, probe, rate_json, uniform_times
 from .memo import AnalysisCache, cached_track, driver_label
-from .options import DEFAULTS, ReenactOptions
+from .options import DEFAULTS, FaceChoice, ReenactOptions
 from .paste import PasteConfig
 from .presets import Preset, load as load_preset, smooth_interp
 from .reenact import RenderOptions, RenderResult, render_video
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ReenactJob:
+class ReenactJob(FaceChoice):
     """One reenactment.
 
     Attributes:
@@ -79,16 +79,6 @@ class ReenactJob:
     source_face: int | None = DEFAULTS.source_face
     driver_face: int | None = DEFAULTS.driver_face
     eyelids: bool = DEFAULTS.eyelids
-
-    @property
-    def source_index(self) -> int:
-        """Which face in the source is reenacted."""
-        return self.face_index if self.source_face is None else self.source_face
-
-    @property
-    def driver_index(self) -> int:
-        """Which face in the drivers drives it."""
-        return self.face_index if self.driver_face is None else self.driver_face
 
 
 @dataclass

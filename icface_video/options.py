@@ -93,8 +93,28 @@ def _opt(default: Any, help: str, flags: str | tuple[str, ...], kind: str, group
 _FACE_HELP = "Which face when several are visible (0 = largest, 1 = next, ...): the source's and the drivers'."
 
 
+class FaceChoice:
+    """The faces a job follows, for dataclasses with ``face_index``, ``source_face`` and
+    ``driver_face`` fields (:class:`ReenactOptions`, :class:`icface_video.jobs.ReenactJob`):
+    ``source_face``/``driver_face`` override ``face_index`` (0 = the largest face) when set."""
+
+    face_index: int
+    source_face: int | None
+    driver_face: int | None
+
+    @property
+    def source_index(self) -> int:
+        """Which face in the source is reenacted."""
+        return self.face_index if self.source_face is None else self.source_face
+
+    @property
+    def driver_index(self) -> int:
+        """Which face in the drivers drives it."""
+        return self.face_index if self.driver_face is None else self.driver_face
+
+
 @dataclass(frozen=True)
-class ReenactOptions:
+class ReenactOptions(FaceChoice):
     """Every option of one reenactment (``icface-video reenact``, a ``batch`` row, the API).
 
     Field names are the ``batch`` field names and the API's keywords; the command-line flag
@@ -168,16 +188,6 @@ class ReenactOptions:
     def parts(self) -> dict[str, str]:
         """Region -> part driver path (``pose``, ``expression``, ``eyes``, ``mouth``, ``brows``), given ones only."""
         return {k[: -len("_from")]: getattr(self, k) for k in PART_FIELDS if getattr(self, k)}
-
-    @property
-    def source_index(self) -> int:
-        """Which face in the source is reenacted."""
-        return self.face_index if self.source_face is None else self.source_face
-
-    @property
-    def driver_index(self) -> int:
-        """Which face in the drivers drives it."""
-        return self.face_index if self.driver_face is None else self.driver_face
 
     def replace(self, **changes: Any) -> "ReenactOptions":
         """A copy with ``changes`` (checked)."""
