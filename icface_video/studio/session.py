@@ -104,6 +104,23 @@ def _number(values: dict, name: str) -> float:
     return float(v)
 
 
+def slider_values(attrs: np.ndarray, digits: int | None = None) -> dict[str, float]:
+    """(20,) attributes (AUs 0..5, angles radians) -> the sliders' values: name -> AU, or
+    angle in degrees (rounded to ``digits`` decimals when given)."""
+    out = {}
+    for i, name in enumerate(ATTR_NAMES):
+        v = math.degrees(float(attrs[i])) if i >= NUM_AUS else float(attrs[i])
+        out[name] = v if digits is None else round(v, digits)
+    return out
+
+
+def _seconds(time: object) -> float:
+    """A time on a timeline (s), checked: finite number."""
+    if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
+        raise UsageError(f"time: expected seconds, got {time!r}")
+    return float(time)
+
+
 def set_expressions(values: dict, source_attrs: np.ndarray, offsets: bool) -> list[str]:
     """The ``--set`` expressions for slider values that differ from the source's own.
 
@@ -114,11 +131,12 @@ def set_expressions(values: dict, source_attrs: np.ndarray, offsets: bool) -> li
             False for a still (``AU12=4``).
     """
     out = []
+    own_values = slider_values(source_attrs)
     for i, name in enumerate(ATTR_NAMES):
         if name not in values:
             continue
         angle = i >= NUM_AUS
-        own = math.degrees(float(source_attrs[i])) if angle else float(source_attrs[i])
+        own = own_values[name]
         v = _number(values, name)
         delta = round(v - own, 2)
         if abs(delta) < (0.25 if angle else 0.025):
@@ -271,8 +289,7 @@ def keyframes_toml(keys: list[dict] | None, source_attrs: np.ndarray) -> str:
     changed = [n for n in ATTR_NAMES if any(set_expressions({n: v[n]}, source_attrs, False) for _, v in rows if n in v)]
     if not changed:
         raise UsageError("keys: no key differs from the source's own values")
-    own = {n: (math.degrees(float(source_attrs[i])) if i >= NUM_AUS else float(source_attrs[i]))
-           for i, n in enumerate(ATTR_NAMES)}
+    own = slider_values(source_attrs)
     lines = []
     for t, v in rows:
         lines += ["[[key]]", f"time = {t:g}"]
@@ -374,9 +391,7 @@ class Studio:
 
     def _source_info(self) -> dict:
         path, still = self._loaded_source()
-        a = still.attrs
-        values = {n: round(math.degrees(float(a[i])) if i >= NUM_AUS else float(a[i]), 2)
-                  for i, n in enumerate(ATTR_NAMES)}
+        values = slider_values(still.attrs, 2)
         h, w = still.rgb.shape[:2]
         return {"name": Path(path).name, "path": path, "width": w, "height": h,
                 "values": values}
@@ -476,8 +491,7 @@ class Studio:
 
             from ..keyframes import load_keyframes
 
-            if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
-                raise UsageError(f"time: expected seconds, got {time!r}")
+            time = _seconds(time)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "keys.toml"
                 path.write_text(keyframes_toml(keys, still.attrs), encoding="utf-8")
@@ -487,8 +501,7 @@ class Studio:
             return apply_ops(still.attrs[None], ops)[0], None
         self._loaded_clip()  # UsageError when no clip is loaded
         spec = DriveSpec.from_json(drive)
-        if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
-            raise UsageError(f"time: expected seconds, got {time!r}")
+        time = _seconds(time)
         track = self.track(spec.smooth, spec.smooth_strength)
         mode, parts = spec.layout()
         times = np.array([float(time)])
@@ -526,8 +539,7 @@ class Studio:
         preset = P.parse(path)
         attrs, _ = self.attributes(values)
         out = apply_ops(attrs[None], preset.ops, preset.intensity)[0]
-        return {n: round(math.degrees(float(out[i])) if i >= NUM_AUS else float(out[i]), 2)
-                for i, n in enumerate(ATTR_NAMES)}
+        return slider_values(out, 2)
 
     # -- exports ------------------------------------------------------------------------
 
