@@ -249,10 +249,9 @@ def plan_attributes(job: ReenactJob | AnimateJob, resolution: int,
         base = source.attrs
     if primary is not None:
         times, fps = primary.times, primary.fps
-    elif isinstance(source, SourceClip):
+    else:  # a source clip on its own: a photo without a driver is refused at the top
+        assert isinstance(source, SourceClip)
         times, fps = source.times, source.track.rate
-    else:  # refused at the top
-        raise UsageError(f"{job.source}: a photo source needs --driving (or a part driver)")
     if is_variable_rate(times, fps):
         times = uniform_times(times, fps)  # frame k shown at k / fps: picture and audio in step
     times = cut_timeline(times, job.start, job.duration, primary.path if primary is not None else job.source)
