@@ -427,6 +427,13 @@ def set_range(d, element_id: str, value: float) -> None:
         e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change'));""", element_id, value)
 
 
+def shown_after(d, element_id: str, value: float) -> np.ndarray:
+    """Move a slider or timeline, wait for the preview, and return the picture it shows."""
+    set_range(d, element_id, value)
+    wait_ready(d)
+    return shown_image(d)
+
+
 def shot(d, name: str) -> None:
     folder = os.environ.get("ICFACE_STUDIO_SHOTS")
     if folder:
@@ -438,9 +445,7 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
     d.get(server.url)
     wait_ready(d)
     d.execute_script("document.getElementById('drive-on').checked = false;")
-    set_range(d, "timeline", 0)
-    wait_ready(d)
-    before = measure(shown_image(d))
+    before = measure(shown_after(d, "timeline", 0))
     from icface_video.attributes import ATTR_NAMES
 
     i12 = ATTR_NAMES.index("AU12")
@@ -491,12 +496,8 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
 
     # scrub the driving clip: the frame changes
     d.execute_script("document.getElementById('drive-on').checked = true;")
-    set_range(d, "timeline", 0)
-    wait_ready(d)
-    first = shown_image(d)
-    set_range(d, "timeline", 15)
-    wait_ready(d)
-    last = shown_image(d)
+    first = shown_after(d, "timeline", 0)
+    last = shown_after(d, "timeline", 15)
     assert np.abs(first.astype(int) - last.astype(int)).mean() > 0.5
     assert "reenact -s" in d.find_element("id", "cmd-video").text
     shot(d, "studio-clip.png")
@@ -523,12 +524,8 @@ def test_page_au12_preset_export_and_clip(server, browser, run_cli, faces_root, 
     d.find_element("id", "key-add").click()  # at 1 s (the time field moves on by 1 s)
     assert len(d.find_elements("css selector", "#keys li")) == 2
     d.find_element("id", "keys-preview").click()
-    set_range(d, "keys-timeline", 0)
-    wait_ready(d)
-    k0 = shown_image(d)
-    set_range(d, "keys-timeline", 1)
-    wait_ready(d)
-    k1 = shown_image(d)
+    k0 = shown_after(d, "keys-timeline", 0)
+    k1 = shown_after(d, "keys-timeline", 1)
     assert np.abs(k0.astype(int) - k1.astype(int)).mean() > 0.3
     shot(d, "studio-keys.png")
 
