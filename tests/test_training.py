@@ -435,7 +435,7 @@ def test_mesh_flow_target_folds_the_upper_lid_over_a_real_closed_eye(tmp_path: P
     from icface_video.mesh_warp import identity_grid, warp
     from icface_video.tensors import to_tensor, to_uint8
     from train.dataset import AU45, PairDataset
-    from train.evaluate import upscale
+    from train.remeasure import upscale
     from train.eyecheck import closed_eye_pairs
     from train.mesh_flow import mesh_flow_target
 

@@ -52,8 +52,9 @@ from icface_video.align import landmark_params
 from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face, clip_aus
 from icface_video.driving import most_neutral_frame
 from icface_video.paste import grown_oval
-from train.evaluate import IdentityEmbedder, pose_error_deg
+from train.eval_metrics import pose_error_deg
 from train.face_tracks import ClipTrack, load_tracks
+from train.identity import IdentityEmbedder
 
 _AU25, _AU26 = AU_NAMES.index("AU25"), AU_NAMES.index("AU26")
 _YAW, _PITCH = NUM_AUS + 1, NUM_AUS

@@ -26,7 +26,7 @@ import torch
 from icface_video.face import FaceAnalyzer
 from icface_video.model import ReenactmentModel
 from train.dataset import AU45, PairDataset
-from train.evaluate import parse_model_spec, resolve_checkpoint
+from train.eval_methods import parse_model_spec, resolve_checkpoint
 from train.fit_eyelids import render_measured
 
 

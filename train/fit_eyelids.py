@@ -38,7 +38,7 @@ from icface_video.mesh_topology import EYES
 from icface_video.model import ReenactmentModel
 from icface_video.tensors import to_tensor, to_uint8
 from train.dataset import AU45, NUM_AUS, PairDataset
-from train.evaluate import upscale
+from train.remeasure import upscale
 
 _PITCH, _YAW = NUM_AUS + POSE_NAMES.index("pitch"), NUM_AUS + POSE_NAMES.index("yaw")
 
@@ -126,7 +126,7 @@ def render_measured(model: ReenactmentModel, clip, s: int, t: int, fa: FaceAnaly
         clip: a :class:`train.dataset.PairDataset` clip (crops (N, R, R, 3) uint8,
             attributes on the dataset's scale v1, landmarks (N, 478, 2) crop pixels).
         fa: an image-mode :class:`FaceAnalyzer`; the crop is enlarged to
-            :data:`train.evaluate.ANALYSIS_SIZE` px first (:func:`train.evaluate.upscale`).
+            :data:`train.remeasure.ANALYSIS_SIZE` px first (:func:`train.remeasure.upscale`).
         returns: the (R, R, 3) uint8 render and its AU45 on the scale v1 (NaN: no face found).
     """
     cache = model.prepare_source(to_tensor(clip.crops[s]), torch.from_numpy(from_scale(clip.attrs[s], "v1"))[None],
