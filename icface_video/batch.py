@@ -40,12 +40,13 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
 from .controls import parse_set
 from .encode import output_format
 from .errors import IcfaceError, InputError, UsageError
 from .options import BATCH_FIELDS as FIELDS, DEFAULTS, PART_FIELDS, ReenactOptions, option_spec, parse_value
+from .runtime import halt
 
 if TYPE_CHECKING:
     import multiprocessing.queues
@@ -420,30 +421,38 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_POLL_SECONDS = 0.25
 
 
-def stop_worker_now(signum: int = signal.SIGTERM, frame=None) -> None:
+_stop_request = threading.Event()
+
+
+def stop_worker_now(exit_code: int = 128 + int(signal.SIGTERM)) -> NoReturn:
     """End this worker at once: kill its ffmpeg processes, delete its temporary files, exit.
 
-    The SIGTERM handler of batch workers, and what they do when their parent is gone.
+    What a batch worker does when its parent is gone or it got SIGTERM (from the
+    watching thread, never from a signal handler: see :func:`icface_video.runtime.halt`).
     """
     from .encode import kill_encoders
     from .outputs import remove_live_temps
 
-    kill_encoders()
-    remove_live_temps()
-    os._exit(128 + int(signum))
+    halt(exit_code, (kill_encoders, remove_live_temps))
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    """SIGTERM handler of batch workers: wake the watching thread, which stops the worker."""
+    _stop_request.set()
 
 
 def follow_parent(parent_pid: int) -> None:
     """Make this worker process end, with its encoders, whenever ``parent_pid`` ends.
 
     However the batch's main process ends (exit, SIGTERM, ``kill -9``, a crash), its
-    workers must not go on writing into OUTDIR. Linux: ``PR_SET_PDEATHSIG`` delivers
-    SIGTERM when the parent dies; everywhere, a daemon thread checks every
-    ``PARENT_POLL_SECONDS`` that the parent is still ours (``os.getppid``), in case the
-    signal is missed (the parent died before the call) or the platform has none. Both
-    end in :func:`stop_worker_now`.
+    workers must not go on writing into OUTDIR. A daemon thread checks every
+    ``PARENT_POLL_SECONDS`` that the parent is still ours (``os.getppid``) and ends the
+    worker with :func:`stop_worker_now` when it is not, or at once when SIGTERM arrives
+    (Linux: ``PR_SET_PDEATHSIG`` sends SIGTERM when the parent dies). The stop runs in
+    that thread, not in the signal handler, so the main thread is never interrupted
+    halfway through creating a temporary file or an encoder.
     """
-    signal.signal(signal.SIGTERM, stop_worker_now)
+    signal.signal(signal.SIGTERM, _request_stop)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -452,8 +461,8 @@ def follow_parent(parent_pid: int) -> None:
             pass
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
+        while os.getppid() == parent_pid and not _stop_request.wait(PARENT_POLL_SECONDS):
+            pass
         stop_worker_now()
 
     threading.Thread(target=watch, name="icface-batch-parent-watch", daemon=True).start()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IcfaceError, UsageError
+from .runtime import spawning
 
 # ffmpeg processes this process has running (killed by :func:`kill_encoders` when the
 # process must stop at once: a batch worker whose parent died).
@@ -30,7 +31,8 @@ _LIVE: set[subprocess.Popen] = set()
 
 
 def kill_encoders() -> None:
-    """Kill every ffmpeg process this process started and has not finished."""
+    """Kill every ffmpeg process this process started and has not finished (a cleanup of
+    :func:`icface_video.runtime.halt`)."""
     for proc in list(_LIVE):
         try:
             proc.kill()
@@ -228,8 +230,9 @@ class VideoEncoder:
         stream = ffmpeg.output(*streams, str(path), format=fmt.muxer, **out_args).global_args(
             "-hide_banner", "-loglevel", "error", "-nostdin")
         cmd = stream.overwrite_output().compile(cmd=ffmpeg_exe())
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        _LIVE.add(self._proc)
+        with spawning():  # a halting process (a batch worker whose parent died) starts none
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            _LIVE.add(self._proc)
         self.frames = 0
 
     def write(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:

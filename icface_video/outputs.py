@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import IcfaceError, OutputError
-from .runtime import raise_if_terminated
+from .runtime import raise_if_terminated, spawning
 
 # Temporary files being written by this process (removed by :func:`remove_live_temps`
 # when the process is told to stop: a batch worker whose parent died).
@@ -88,16 +88,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         with _atomic_sequence(final, overwrite) as tmp:
             yield tmp
         return
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent or ".")
-    except OSError as exc:  # read-only file system, quota, ...: name the output, not the temporary file
-        raise OutputError(final, f"cannot be written ({exc.strerror or exc})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    _LIVE_TEMPS.add(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal permissions
+    tmp = _new_temp(final.parent if str(final.parent) else Path("."), f".{final.stem}.", f".part{final.suffix}",
+                    folder=False, final=final)
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
@@ -126,11 +118,44 @@ def _renamed_args(exc: IcfaceError, tmp: Path, final: Path) -> tuple:
     return (fix(str(exc)),)
 
 
+def _new_temp(parent: Path, prefix: str, suffix: str, folder: bool, final: Path) -> Path:
+    """Create a new temporary file (mode 0666 less the umask, as the final file will have)
+    or folder (0700) ``parent/<prefix><random><suffix>`` and register it in
+    ``_LIVE_TEMPS``.
+
+    Inside :func:`~icface_video.runtime.spawning`, and registered before it exists, so a
+    process that halts (:func:`remove_live_temps`) never leaves one behind.
+
+    Raises:
+        OutputError: naming ``final``, when the folder cannot be written.
+        Terminated: the process is halting.
+    """
+    with spawning():
+        while True:
+            tmp = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+            _LIVE_TEMPS.add(tmp)
+            try:
+                if folder:
+                    os.mkdir(tmp, 0o700)
+                else:
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                return tmp
+            except FileExistsError:
+                _LIVE_TEMPS.discard(tmp)
+            except OSError as exc:  # read-only file system, quota, ...: name the output, not the temporary file
+                _LIVE_TEMPS.discard(tmp)
+                raise OutputError(final, f"cannot be written ({exc.strerror or exc})") from None
+
+
 def remove_live_temps() -> None:
-    """Delete the temporary files this process is writing (it is about to stop without unwinding)."""
+    """Delete the temporary files and folders this process is writing (it is about to stop
+    without unwinding: a cleanup of :func:`~icface_video.runtime.halt`)."""
     for tmp in list(_LIVE_TEMPS):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 # -- image sequences ----------------------------------------------------------------------
@@ -173,7 +198,7 @@ def _atomic_sequence(final: Path, overwrite: bool) -> Iterator[Path]:
     every frame into place (an ``--overwrite`` run first removes the old sequence's
     frames), on any exception remove the folder."""
     parent = final.parent if str(final.parent) else Path(".")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{sequence_stem(final)}.", suffix=".part", dir=parent))
+    tmp_dir = _new_temp(parent, f".{sequence_stem(final)}.", ".part", folder=True, final=final)
     try:
         yield tmp_dir / final.name
         written = sorted(tmp_dir.iterdir())
@@ -191,3 +216,5 @@ def _atomic_sequence(final: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    finally:
+        _LIVE_TEMPS.discard(tmp_dir)

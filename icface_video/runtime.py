@@ -1,5 +1,5 @@
-"""Process-wide run-time settings: how the C allocator treats large blocks, and whether
-the run was told to stop (SIGTERM).
+"""Process-wide run-time settings: how the C allocator treats large blocks, whether
+the run was told to stop (SIGTERM), and how a process stops at once (:func:`halt`).
 
 The render loop allocates and frees tensors of several MB per batch of frames (the
 generator's activations, the paste-back fields of a 400x400 face region, the frames
@@ -18,12 +18,14 @@ Linux/glibc only; elsewhere (macOS, musl) :func:`tune_allocator` does nothing. S
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, NoReturn
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -116,3 +118,44 @@ def raise_if_terminated() -> None:
     """Raise :class:`Terminated` if SIGTERM arrived (called at safe points of long work)."""
     if _termination.is_set():
         raise Terminated()
+
+
+# -- stopping at once (a batch worker whose parent is gone) ------------------------------
+
+_spawn_lock = threading.Lock()
+_halted = False
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Hold while creating *and registering* something :func:`halt` must undo (a temporary
+    output file, an ffmpeg process).
+
+    :func:`halt` waits for the block to end, so nothing is created but left unregistered;
+    once the process is halting, entering the block raises :class:`Terminated` instead.
+    Never call :func:`halt` from inside the block (a signal handler must only
+    :func:`request_halt`).
+    """
+    with _spawn_lock:
+        if _halted:
+            raise Terminated()
+        yield
+
+
+def halt(exit_code: int, cleanups: Iterable[Callable[[], None]]) -> NoReturn:
+    """End this process at once with ``exit_code``, after ``cleanups`` (each one's errors
+    are ignored), without unwinding the main thread.
+
+    No new temporary file or encoder can appear while or after the cleanups run (see
+    :func:`spawning`). Call it from a thread other than the main one, or from the main
+    thread outside any :func:`spawning` block.
+    """
+    global _halted
+    _spawn_lock.acquire()  # kept: the process ends holding it
+    _halted = True
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - the process ends anyway; do the other cleanups
+            pass
+    os._exit(exit_code)

@@ -158,6 +158,36 @@ def test_batch_main_process_ending_ends_workers_and_encoders(plumbing_model, med
         _kill_session(proc.pid)
 
 
+HALT_WHILE_CREATING = """
+import sys, threading, time
+from pathlib import Path
+from icface_video import outputs, runtime
+folder = Path(sys.argv[1])
+def stopper():
+    time.sleep(0.3)
+    runtime.halt(7, (outputs.remove_live_temps,))
+threading.Thread(target=stopper, daemon=True).start()
+i = 0
+while True:  # temporary outputs and sequence folders, created as fast as possible, never finished
+    pattern = folder / (f"o{i}.mp4" if i % 2 else f"s{i}_%05d.png")
+    outputs.atomic_output(pattern).__enter__()
+    i += 1
+"""
+
+
+def test_halting_while_the_main_thread_creates_temporaries_leaves_none(workdir):
+    """:func:`runtime.halt` from another thread while the main thread keeps creating
+    temporary outputs: the process ends with the code, and no temporary file or folder is
+    left (none is created unregistered, none after the cleanup)."""
+    for _ in range(3):
+        folder = workdir / f"halt{_}"
+        folder.mkdir()
+        r = subprocess.run([sys.executable, "-c", HALT_WHILE_CREATING, str(folder)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 7, r.stderr
+        assert list(folder.iterdir()) == []
+
+
 def test_sigterm_to_reenact_unwinds_like_ctrl_c(plumbing_model, media, workdir):
     out = workdir / "out.mp4"
     cmd = [SCRIPT, "reenact", "-s", str(media["photo"]), "-d", str(media["grid"]), "-o", str(out),
