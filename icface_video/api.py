@@ -155,16 +155,19 @@ def _check_rgb(name: str, rgb) -> np.ndarray:
 class Reenactor:
     """Reenact one face held in memory: numpy pictures in, numpy pictures out.
 
-    The source picture is analysed (face found, aligned, cropped) and encoded by the
-    network once; each call then renders full frames of the source's size with the face
-    reenacted and pasted back (the rest of the picture untouched).
+    The source picture is analysed (face found, aligned, cropped) once, and with the
+    network renderer encoded by the network once; each call then renders full frames of
+    the source's size with the face reenacted (the geometric renderer: the picture warped
+    over its face mesh; the network: pasted back), the rest of the picture untouched.
 
     Args:
         source: (H, W, 3) uint8 RGB picture with a face.
         model: a folder, None (the shipped model) or a model from :func:`load_model`.
         device, eyelids: as in :func:`load_model` (used when ``model`` is not loaded yet).
         face_index: which face in ``source`` (0 = largest).
-        detail: paste back at the picture's resolution (the command line's ``--detail``).
+        renderer: ``geometry`` (the default, as on the command line) or ``network``.
+        detail: paste back at the picture's resolution (the command line's ``--detail``;
+            network renderer).
         color_match: match the generated face's colours to the source's.
         batch_size: frames per generator call (1..256).
 
@@ -174,25 +177,38 @@ class Reenactor:
 
     def __init__(self, source: np.ndarray, model: ReenactmentModel | str | os.PathLike | None = None, *,
                  device: str = DEFAULTS.device,
-                 eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index, detail: bool = DEFAULTS.detail,
+                 eyelids: bool = DEFAULTS.eyelids, face_index: int = DEFAULTS.face_index,
+                 renderer: str = DEFAULTS.renderer, detail: bool = DEFAULTS.detail,
                  color_match: bool = DEFAULTS.color_match, batch_size: int = DEFAULTS.batch_size) -> None:
         from .paste import PasteBack, PasteConfig
+        from .reenact import RenderOptions, geometry_stage
         from .source import encode_sources, still_from_rgb
 
         rgb = _check_rgb("source", source)
         index = check_option("face_index", face_index)
+        renderer = check_option("renderer", renderer)
         self.batch_size = check_option("batch_size", batch_size)
         self.model = _model_of(model, device, eyelids)
         self.detail = bool(detail)
+        self._geo = geometry_stage(self.model, RenderOptions(renderer=renderer))
         self._still = still_from_rgb(rgb.copy(), self.model.resolution, index, "source")
-        self._cache = encode_sources(self.model, [self._still])
-        self._paster = PasteBack(rgb.shape[:2], self._still.matrix, self._still.landmarks, self.model.resolution,
-                                 PasteConfig(color_match=bool(color_match)))
+        if self._geo is None:
+            self._cache = encode_sources(self.model, [self._still])
+            self._paster = PasteBack(rgb.shape[:2], self._still.matrix, self._still.landmarks, self.model.resolution,
+                                     PasteConfig(color_match=bool(color_match)))
 
     @property
     def source_attributes(self) -> np.ndarray:
         """(20,) float32 the source face's own attributes (17 AUs 0..5, pitch/yaw/roll rad)."""
         return self._still.attrs.copy()
+
+    @property
+    def face_region(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) pixels, end exclusive: the box that renders may change; every
+        pixel outside it is the source picture's own."""
+        if self._geo is not None:
+            return tuple(self._geo.renderer(self._still.rgb, self._still.landmarks).roi)
+        return tuple(self._paster.roi)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -205,7 +221,8 @@ class Reenactor:
         Args:
             attrs: (20,) or (N, 20) AUs 0..5 (clipped) and pitch, yaw, roll in radians, in
                 :data:`icface_video.attributes.ATTR_NAMES` order.
-            crop_only: return the network's aligned (R, R) crops instead of full pictures.
+            crop_only: return the aligned (R, R) face crops (R: the model's resolution) instead of
+                full pictures.
 
         Returns:
             (N, H, W, 3) uint8 RGB (N = 1 for a (20,) input); with ``crop_only`` (N, R, R, 3).
@@ -222,6 +239,13 @@ class Reenactor:
             raise UsageError(f"attrs: expected finite (N, {NUM_ATTRS}) or ({NUM_ATTRS},) attributes, got "
                              f"{getattr(attrs, 'shape', type(attrs).__name__)}")
         a = clip_aus(a.copy())
+        if self._geo is not None:
+            from .reenact import geometry_batch
+
+            return np.concatenate([
+                geometry_batch(self._geo, [self._still] * len(a[b0:b0 + self.batch_size]), a[b0:b0 + self.batch_size],
+                               None, self.model.resolution, crop_only, False)[0]
+                for b0 in range(0, len(a), self.batch_size)])
         dev = self.model.device
         out = []
         for b0 in range(0, len(a), self.batch_size):

@@ -206,8 +206,14 @@ def au_calibration() -> AuCalibration:
     return AuCalibration.from_dict(json.loads(CALIBRATION_PATH.read_text()), str(CALIBRATION_PATH))
 
 
-def _map_aus(attrs, forward: bool, calibration: AuCalibration | None):
-    """Apply the v1 -> v2 map (``forward``) or its inverse to the AU columns of ``attrs``."""
+#: The furthest :func:`to_scale` continues a v1 value past v1's own maximum 5 when asked to
+#: extrapolate (2.5 times the range MediaPipe measures: where AU12 5 on the OpenFace scale lands).
+V1_EXTRAPOLATION_LIMIT = 2.5 * AU_MAX
+
+
+def _map_aus(attrs, forward: bool, calibration: AuCalibration | None, extrapolate: bool = False):
+    """Apply the v1 -> v2 map (``forward``) or its inverse to the AU columns of ``attrs``
+    (``extrapolate``: see :func:`to_scale`)."""
     cal = calibration or au_calibration()
     torch_in = not isinstance(attrs, np.ndarray) and hasattr(attrs, "detach")
     a = attrs.detach().cpu().numpy() if torch_in else np.asarray(attrs)
@@ -218,7 +224,13 @@ def _map_aus(attrs, forward: bool, calibration: AuCalibration | None):
         x, y = (cal.v1[j], cal.v2[j]) if forward else (cal.v2[j], cal.v1[j])
         # np.interp holds the end values outside the knots: below 0 -> 0, above the last
         # knot -> the other scale's maximum (the clipping documented in to_scale).
-        out[..., j] = np.interp(out[..., j], x, y)
+        v = out[..., j]
+        mapped = np.interp(v, x, y)
+        if extrapolate and not forward:
+            slope = (y[-1] - y[-2]) / (x[-1] - x[-2])  # the last segment, continued
+            above = np.minimum(y[-1] + (v - x[-1]) * slope, V1_EXTRAPOLATION_LIMIT)
+            mapped = np.where(v > x[-1], above, mapped)
+        out[..., j] = mapped
     if torch_in:
         import torch
 
@@ -226,23 +238,27 @@ def _map_aus(attrs, forward: bool, calibration: AuCalibration | None):
     return out
 
 
-def to_scale(attrs, scale: str, calibration: AuCalibration | None = None):
+def to_scale(attrs, scale: str, calibration: AuCalibration | None = None, extrapolate: bool = False):
     """Convert attributes from the tool's scale (v2) to ``scale`` (for a model's input).
 
     Each AU goes through the inverse of its v1 -> v2 curve; angles pass unchanged. The
     curves rise strictly from (0, 0), so the conversion is exact (invertible) on the
-    whole range that v1 reaches, v2 in ``[0, v2(5)]``; a v2 value above ``v2(5)`` (for
-    AU12 about 2: what OpenFace reads on the broadest smile MediaPipe measures) becomes
-    v1's maximum 5, and values below 0 become 0.
+    whole range that v1 reaches, v2 in ``[0, v2(5)]``; values below 0 become 0. A v2
+    value above ``v2(5)`` (AU12 about 2: what OpenFace reads on the broadest smile
+    MediaPipe measures; AU06 1.3, AU01 and AU07 3) becomes v1's maximum 5, or with
+    ``extrapolate`` follows the curve's last segment on, up to
+    :data:`V1_EXTRAPOLATION_LIMIT` (for the motion model, whose displacements are linear
+    there: an AU12 of 4 then smiles wider than one of 2 instead of alike).
 
     Convention:
         attrs: (..., 20) or (..., 17), numpy or torch (same type, device, dtype back).
         scale: ``"v1"`` or ``"v2"`` (v2 returns a copy).
+        returns: AUs 0..5 on ``scale`` (0..12.5 on v1 with ``extrapolate``), angles unchanged.
     """
     _check_scale(scale)
     if scale == AU_SCALE:
         return attrs.clone() if hasattr(attrs, "clone") else np.array(attrs, np.float32, copy=True)
-    return _map_aus(attrs, forward=False, calibration=calibration)
+    return _map_aus(attrs, forward=False, calibration=calibration, extrapolate=extrapolate)
 
 
 def from_scale(attrs, scale: str, calibration: AuCalibration | None = None):

@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .attributes import AU_SCALES, NUM_ATTRS, NUM_AUS, euler_to_rotation, to_scale
+from .attributes import AU_MAX, AU_SCALES, NUM_ATTRS, NUM_AUS, V1_EXTRAPOLATION_LIMIT, euler_to_rotation, to_scale
 from .errors import InputError
-from .mesh_topology import NUM_LANDMARKS, RIGID
+from .mesh_topology import EYES, NUM_LANDMARKS, RIGID
 
 MOTION_NAME = "motion.json"
 MOTION_WEIGHTS = "motion.safetensors"
@@ -118,12 +119,58 @@ class MotionModel:
 
     def expression_offsets(self, source_aus: np.ndarray, target_aus: np.ndarray) -> np.ndarray:
         """(B, 478, 3) canonical displacements from ``source_aus`` (17,) or (B, 17) to ``target_aus`` (B, 17),
-        both on the tool's AU scale (v2; converted to :attr:`au_scale` here)."""
-        src = to_scale(np.asarray(source_aus, np.float64)[..., :NUM_AUS], self.au_scale)
-        tgt = to_scale(np.asarray(target_aus, np.float64)[..., :NUM_AUS], self.au_scale)
+        both on the tool's AU scale (v2; converted to :attr:`au_scale` here, extrapolated past v1's range: :func:`~icface_video.attributes.to_scale`)."""
+        # Extrapolated past v1's range: hand-set values above what MediaPipe measures (AU12
+        # over about 2) keep growing the displacement instead of all rendering alike.
+        src = to_scale(np.asarray(source_aus, np.float64)[..., :NUM_AUS], self.au_scale, extrapolate=True)
+        tgt = to_scale(np.asarray(target_aus, np.float64)[..., :NUM_AUS], self.au_scale, extrapolate=True)
+        limit = self.extrapolation_limits
+        src, tgt = np.minimum(src, limit), np.minimum(tgt, limit)
         d = hinge_features(tgt, self.knots) - hinge_features(src, self.knots)
         d = d * np.repeat(self.gain, len(self.knots))  # features are AU-major
         return np.einsum("bf,fnk->bnk", np.atleast_2d(d), self.weights)
+
+    @cached_property
+    def extrapolation_limits(self) -> np.ndarray:
+        """(17,) how far (v1 units, 5..12.5) each AU's displacement may be continued past
+        v1's measured range 5 before the mesh folds.
+
+        The largest value, in steps of 0.25, at which that AU alone, applied to the mean
+        face, keeps the lids at least a quarter as far apart as the mean face's (each
+        upper-lid landmark against the lower-lid one facing it,
+        :data:`~icface_video.mesh_topology.EYES`; closer, real faces show the lids folding
+        over as dark wedges) and flips no face-mesh triangle that is sound at 5 (signed
+        frontal area at least a quarter of the mean face's, falling below a twentieth).
+        Larger requests render as the limit; an AU already past either test at 5 is not
+        continued (5).
+        """
+        from .mesh_warp import mesh_triangles
+
+        tris = mesh_triangles()
+        upper = np.array([e.upper for e in EYES]).ravel()
+        lower = np.array([e.lower for e in EYES]).ravel()
+
+        def areas(shapes: np.ndarray) -> np.ndarray:  # (S, 478, 3) -> (S, T)
+            t = shapes[:, tris, :2]
+            e1, e2 = t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0]
+            return e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+
+        base = areas(self.mean_shape[None])[0]
+        opening = self.mean_shape[lower, 1] - self.mean_shape[upper, 1]  # (14,) > 0: y points down
+        steps = np.arange(AU_MAX, V1_EXTRAPOLATION_LIMIT + 1e-9, 0.25)  # steps[0] = 5: the reference
+        limits = np.full(NUM_AUS, AU_MAX)
+        k = len(self.knots)
+        for j in range(NUM_AUS):
+            feats = np.maximum(steps[:, None] - np.asarray(self.knots), 0.0) * self.gain[j]  # (S, K)
+            shapes = self.mean_shape + np.einsum("sk,knc->snc", feats, self.weights[j * k:(j + 1) * k])
+            lids_open = ((shapes[:, lower, 1] - shapes[:, upper, 1]) / opening >= 0.25).all(axis=1)
+            ratio = areas(shapes) / base
+            sound = ratio[0] >= 0.25
+            unfolded = (ratio[:, sound] >= 0.05).all(axis=1) & lids_open
+            bad = np.nonzero(~unfolded[1:])[0]
+            last = len(steps) - 1 if len(bad) == 0 else bad[0]  # index into steps of the last good value
+            limits[j] = steps[last] if unfolded[0] else AU_MAX
+        return limits
 
     @property
     def gain(self) -> np.ndarray:

@@ -118,9 +118,8 @@ def render_still(model: ReenactmentModel, still: SourceFrame, attrs: torch.Tenso
     """
     geo = geometry_stage(model, RenderOptions(renderer=renderer))
     if geo is not None:
-        target = attrs[0].cpu().numpy() if attrs is not None else np.zeros_like(still.attrs)
-        frame = geo.render(still.rgb, still.landmarks, still.attrs, target)
-        return warp_crop(frame, still.matrix, AlignConfig(size=model.resolution)) if crop_only else frame
+        target = attrs[:1].cpu().numpy() if attrs is not None else np.zeros_like(still.attrs)[None]
+        return geometry_batch(geo, [still], target, None, model.resolution, crop_only, False)[0][0]
     cache = encode_sources(model, [still])
     parts = model.render_parts(cache, attrs) if attrs is not None else model.neutralize_parts(cache)
     parts = {k: v.float().cpu() for k, v in parts.items()}
@@ -146,7 +145,7 @@ class RenderResult:
     stage_seconds: dict = field(default_factory=dict)
 
 
-def _geometry_batch(geo: GeometryStage, sources: list[SourceFrame], attrs: np.ndarray, placement: np.ndarray | None,
+def geometry_batch(geo: GeometryStage, sources: list[SourceFrame], attrs: np.ndarray, placement: np.ndarray | None,
                     size: int, crop_only: bool, want_faces: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """A batch of frames from the geometric renderer: (B, H, W, 3) uint8 (the aligned
     ``size`` crops with ``crop_only``), and the aligned crops for the preview (or None)."""
@@ -289,7 +288,7 @@ def render_video(model: ReenactmentModel, source: Source, attrs: np.ndarray, tim
                     stages["source"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     if geo is not None:
-                        frames, faces = _geometry_batch(geo, shown, attrs[b0:b1],
+                        frames, faces = geometry_batch(geo, shown, attrs[b0:b1],
                                                         None if placement is None else placement[b0:b1],
                                                         model.resolution, options.crop_only, preview is not None)
                         stages["geometry"] += time.perf_counter() - t0

@@ -77,24 +77,31 @@ def test_one_call_job_with_cli_options(model, faces_root, tmp_path):
     assert not (tmp_path / "x.mp4").exists() and not [p for p in tmp_path.iterdir() if ".part" in p.name]
 
 
-def test_reenactor_numpy_in_numpy_out(model, faces_root):
-    """Full pictures in and out: the driver's mouth shows in the output's mouth, the
-    background is the source's own pixels, and hand-made attributes render too."""
+@pytest.mark.parametrize("renderer", ["geometry", "network"])
+def test_reenactor_numpy_in_numpy_out(model, faces_root, renderer):
+    """Full pictures in and out, with either renderer (geometry: the command line's
+    default): the driver's mouth shows in the output's mouth, the background is the
+    source's own pixels, and hand-made attributes render too."""
     source = _frames(faces_root / NEUTRAL, 74)[73]  # a video frame in memory, mouth closed
-    face = icface_video.Reenactor(source, model=model)
+    face = icface_video.Reenactor(source, model=model, renderer=renderer)
     assert face.size == source.shape[:2] and face.source_attributes.shape == (20,)
     driver = _frames(faces_root / DRIVER, 40)
     out = face.drive(driver, mode="expression", relative=True)
     assert out.shape == (40, *source.shape) and out.dtype == np.uint8
-    x0, y0, x1, y1 = face._paster.roi  # outside the pasted face region: the source's own pixels
+    x0, y0, x1, y1 = face.face_region  # outside it: the source's own pixels
     outside = np.ones(source.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
-    assert outside.mean() > 0.05 and np.array_equal(out[:, outside], np.broadcast_to(source[outside], (40, outside.sum(), 3)))
+    # (this 256 px frame is a tight crop: the geometric renderer's fixed ring reaches its
+    # edges, so only the network's pasted region leaves pixels outside; see test_geometry)
+    assert outside.mean() > (0.05 if renderer == "network" else -1)
+    assert np.array_equal(out[:, outside], np.broadcast_to(source[outside], (40, outside.sum(), 3)))
     au25 = attr_index("AU25")
     measured = face.measure(list(out), smooth="none").attrs[:, au25]
     wanted = face.measure(driver, smooth="none").attrs[:, au25]
     assert wanted.max() - wanted.min() > 1.5
-    assert np.corrcoef(measured, wanted)[0, 1] > 0.6, np.corrcoef(measured, wanted)[0, 1]  # measured 0.79
+    corr = np.corrcoef(measured, wanted)[0, 1]
+    print(f"{renderer}: AU25 of the output against the driver's, correlation {corr:.2f}")
+    assert corr > 0.6, corr  # measured: geometry 0.77, network 0.74
 
     attrs = np.tile(face.source_attributes, (2, 1))
     attrs[1, attr_index("AU26")] = 4.0
@@ -115,6 +122,8 @@ def test_reenactor_bad_arguments_are_clear_errors(model, faces_root):
         icface_video.Reenactor(np.full((128, 128, 3), 90, np.uint8), model=model)
     with pytest.raises(InputError, match="only 1 face found"):
         icface_video.Reenactor(source, model=model, face_index=2)
+    with pytest.raises(UsageError, match="renderer"):
+        icface_video.Reenactor(source, model=model, renderer="paint")
     face = icface_video.Reenactor(source, model=model)
     for bad in (np.zeros((3, 19)), np.full(20, np.nan), "AU12=3", np.zeros((0, 20))):
         with pytest.raises(UsageError, match="attrs"):

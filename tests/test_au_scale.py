@@ -103,6 +103,13 @@ def test_scale_round_trip_and_clipping():
     over = np.zeros((1, NUM_AUS), np.float32)
     over[0, j] = 4.0
     assert to_scale(over, "v1")[0, j] == 5.0  # above the curve's top: v1's maximum
+    # Extrapolated (the motion model's input): the last segment goes on, capped at 12.5;
+    # inside v1's range nothing changes.
+    slope = (cal.v1[j][-1] - cal.v1[j][-2]) / (cal.v2[j][-1] - cal.v2[j][-2])
+    assert to_scale(over, "v1", extrapolate=True)[0, j] == pytest.approx(5.0 + (4.0 - top) * slope, rel=1e-5)
+    over[0, j] = 5.0
+    assert to_scale(over, "v1", extrapolate=True)[0, j] == pytest.approx(min(12.5, 5.0 + (5.0 - top) * slope))
+    np.testing.assert_allclose(to_scale(v2, "v1", extrapolate=True), to_scale(v2, "v1"))
     assert np.all(to_scale(np.zeros((1, NUM_AUS), np.float32), "v1") == 0)  # 0 stays 0
     t = torch.from_numpy(v2[:4])
     back = to_scale(t, "v1")

@@ -178,6 +178,37 @@ def test_opened_mouth_shows_a_drawn_interior(motion: MotionModel, faces_root) ->
     assert (lum > 1.15 * lips).mean() > 0.05      # and bright teeth below the upper lip
 
 
+def test_big_hand_set_aus_keep_growing_until_the_mesh_would_fold(motion: MotionModel, faces_root) -> None:
+    """AU12 over what MediaPipe measures (about 2 on the OpenFace scale) still widens the
+    smile (4 beyond 2; it used to render like 2), and no AU pushed to 5 but AU45 closes a
+    real face's lids to less than 0.4 of their opening (continued without the limits,
+    AU07 reaches 0.22, where the lids fold over as dark wedges)."""
+    from icface_video.mesh_topology import EYES, MOUTH_CORNERS
+
+    frames, lms, attrs = _analyse(faces_root / NEUTRAL, 1)
+    lm, a = lms[0], attrs[0]
+    au12 = AU_NAMES.index("AU12")
+    width = {}
+    for v in (2.0, 4.0):
+        target = a.copy()
+        target[au12] = v
+        moved = motion.target_landmarks(lm, a, target[None])[0]
+        width[v] = np.linalg.norm(moved[MOUTH_CORNERS[0], :2] - moved[MOUTH_CORNERS[1], :2])
+    assert width[4.0] > width[2.0] + 0.02 * width[2.0], width
+    limits = motion.extrapolation_limits
+    assert limits.min() >= 5.0 and limits.max() <= 12.5 and limits[au12] > 5.0
+    upper = np.array([e.upper for e in EYES]).ravel()
+    lower = np.array([e.lower for e in EYES]).ravel()
+    opening = lm[lower, 1] - lm[upper, 1]
+    for j, name in enumerate(AU_NAMES):
+        if name == "AU45":  # closing the eyes is that AU's meaning
+            continue
+        target = a.copy()
+        target[j] = 5.0
+        moved = motion.target_landmarks(lm, a, target[None])[0]
+        assert ((moved[lower, 1] - moved[upper, 1]) / opening).min() > 0.4, name  # unlimited: AU07 0.22
+
+
 def test_cli_reenact_follows_a_real_head_turn(run_cli, faces_root, workdir) -> None:
     """End to end through the CLI (default geometry renderer): a frontal test-split photo
     driven by a test-split clip whose head turns over 40 degrees; the output's re-extracted
