@@ -206,9 +206,9 @@ class Reenactor:
     def face_region(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) pixels, end exclusive: the box that renders may change; every
         pixel outside it is the source picture's own."""
-        if self._geo is not None:
-            return tuple(self._geo.renderer(self._still.rgb, self._still.landmarks).roi)
-        return tuple(self._paster.roi)
+        roi = self._geo.renderer(self._still.rgb, self._still.landmarks).roi if self._geo is not None else self._paster.roi
+        x0, y0, x1, y1 = (int(v) for v in roi)
+        return x0, y0, x1, y1
 
     @property
     def size(self) -> tuple[int, int]:
