@@ -18,7 +18,9 @@ displacement may grow faster or slower at high intensity; ``W`` (F, 478, 3) is f
 ridge least squares on pairs of frames of one clip (per-clip centring), with the head
 angles as nuisance regressors (they absorb what the angle estimate gets wrong).
 
-**Pose and placement.** ``L_t = c_t + s_t R_t P_t``: relative driving keeps the source's
+**Pose and placement.** ``L_t = c_t + s_t R_t P_t``, ``R_t`` the rotation of the angles
+``a_s + g (a_t - a_s)`` with the fitted per-axis pose gain ``g`` (:attr:`MotionModel.pose_gain`);
+relative driving keeps the source's
 centre and scale (``c_t = c_s``, ``s_t = s_s``); absolute driving may also move and scale
 the head in the frame (``placement``). Equal attributes give ``L_t = L_s`` exactly.
 
@@ -173,6 +175,17 @@ class MotionModel:
         return limits
 
     @property
+    def pose_gain(self) -> np.ndarray:
+        """(3,) factor on the change of pitch, yaw and roll (``meta["pose_gain"]``; 1 when
+        absent): MediaPipe's head angles (from its transformation matrix) and the turn of
+        its own landmark cloud differ (on the train clips the landmarks turn about 1.17
+        times the yaw change), so the source's landmarks are turned by
+        ``gain * (target - source)``; ``train.fit_motion`` fits it by least squares on the
+        landmarks of train pairs. Equal angles still give no turn."""
+        g = np.asarray(self.meta.get("pose_gain", 1.0), np.float64)
+        return np.broadcast_to(g, (3,)) if g.ndim == 0 else g.reshape(3)
+
+    @property
     def gain(self) -> np.ndarray:
         """(17,) factor per AU on the fitted displacements (``meta["gain"]``, a number or 17;
         1 when absent): least squares on noisy AUs under-estimates the motion (regression
@@ -205,7 +218,8 @@ class MotionModel:
         c, s = head_frame(src)
         p = np.repeat(canonical_shape(src, sa[NUM_AUS:])[None], len(ta), axis=0)  # (B, 478 + K, 3)
         p[:, :NUM_LANDMARKS] += self.expression_offsets(sa[:NUM_AUS], ta[:, :NUM_AUS])
-        r = euler_to_rotation(ta[:, NUM_AUS:])  # (B, 3, 3)
+        angles = sa[NUM_AUS:] + self.pose_gain * (ta[:, NUM_AUS:] - sa[NUM_AUS:])  # the landmarks' own turn
+        r = euler_to_rotation(angles)  # (B, 3, 3)
         ct = np.broadcast_to(c, (len(ta), 3)).copy()
         st = np.full(len(ta), s)
         if placement is not None:

@@ -7,7 +7,8 @@
 
 Methods (``--method NAME=SPEC``, repeatable; default: ``geometry`` and ``network`` with the
 shipped model): ``geometry[:MODEL]`` (the motion model + geometric renderer of MODEL's
-folder), ``network[:MODEL]`` (the ICface generator pasted back at full resolution with its
+folder, with its eyelid warp when it has one: the stage ``reenact`` uses),
+``geometry-no-eyelids[:MODEL]``, ``network[:MODEL]`` (the ICface generator pasted back at full resolution with its
 eyelid warp: the previous default), ``network-no-eyelids[:MODEL]``. ``no-motion``
 (output = the source frame) and ``floor`` (the real target frame itself, re-measured) are
 always included.
@@ -20,7 +21,8 @@ Protocol, on the video clips of ``--split`` (face tracks from :mod:`train.face_t
   --absolute`` does for a photo driven by a video). Compared with the real target frame:
   L1 inside the face region (the union of the source's and the target's face ovals, grown
   by 10%, pixels 0..1), AU MAE and pose error (degrees) re-extracted from the full output
-  frame (one video-mode analyzer per sequence), and identity (SFace cosine) to the real frame.
+  frame (one video-mode analyzer per sequence), identity (SFace cosine) to the real frame,
+  and the output's AU45 where the real eyes are shut (AU45 over 2.5 on the raw v1 scale).
 * **cross-reenactment**: source = a clip's neutral frame; driver = ``--cross-frames``
   consecutive frames of the next clip of another person, relative mode (the source's
   values plus the driver's change from its most neutral frame, as ``reenact`` does for a
@@ -49,14 +51,17 @@ import cv2
 import numpy as np
 
 from icface_video.align import landmark_params
-from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face, clip_aus
+from icface_video.attributes import AU_NAMES, NUM_AUS, attributes_from_face, clip_aus, from_scale
 from icface_video.driving import most_neutral_frame
 from icface_video.paste import grown_oval
-from train.eval_metrics import pose_error_deg
+from train.eval_metrics import CLOSED_EYES, pose_error_deg
 from train.face_tracks import ClipTrack, load_tracks
 from train.identity import IdentityEmbedder
 
-_AU25, _AU26 = AU_NAMES.index("AU25"), AU_NAMES.index("AU26")
+_AU25, _AU26, _AU45 = AU_NAMES.index("AU25"), AU_NAMES.index("AU26"), AU_NAMES.index("AU45")
+# Eyes count as shut where the target's AU45 is over the crop evaluation's CLOSED_EYES
+# (stated on the raw v1 scale), converted to the tool's scale of the face tracks.
+_SHUT = float(from_scale(np.where(np.arange(NUM_AUS) == _AU45, CLOSED_EYES, 0.0).astype(np.float32), "v1")[_AU45])
 _YAW, _PITCH = NUM_AUS + 1, NUM_AUS
 
 
@@ -118,7 +123,7 @@ class Method:
 
 
 def load_method(name: str, spec: str) -> Method:
-    """``geometry[:MODEL]``, ``network[:MODEL]`` or ``network-no-eyelids[:MODEL]``."""
+    """``geometry[:MODEL]``, ``network[:MODEL]`` or either with ``-no-eyelids``."""
     import torch
 
     from icface_video.model import ReenactmentModel
@@ -126,13 +131,16 @@ def load_method(name: str, spec: str) -> Method:
     from icface_video.source import SourceFrame, make_source_frame
 
     kind, _, folder = spec.partition(":")
-    model = ReenactmentModel.load(folder or None, eyelids=kind != "network-no-eyelids")
-    if kind == "geometry":
-        from icface_video.geo_render import GeometryStage
+    model = ReenactmentModel.load(folder or None, eyelids=not kind.endswith("-no-eyelids"))
+    if kind in ("geometry", "geometry-no-eyelids"):
+        from icface_video.errors import IcfaceError
+        from icface_video.reenact import RenderOptions, geometry_stage
 
-        if model.motion is None:
-            raise SystemExit(f"{spec}: the model folder has no motion model")
-        stage = GeometryStage(model.motion)
+        try:  # the stage `reenact` builds: the motion model, with the folder's eyelid warp
+            stage = geometry_stage(model, RenderOptions(renderer="geometry"))
+        except IcfaceError as exc:
+            raise SystemExit(f"{spec}: {exc}") from None
+        assert stage is not None  # renderer="geometry"
         return Method(name, lambda rgb, lm, sa, ta, pl: stage.render(rgb, lm, sa, ta, pl))
     if kind not in ("network", "network-no-eyelids"):
         raise SystemExit(f"--method {name}={spec}: unknown kind {kind!r}")
@@ -172,8 +180,8 @@ def run_self(tracks: list[ClipTrack], methods: list[Method], targets: int, log) 
     """Per method, per clip arrays of the self-reenactment figures; and the sheet candidates."""
     measure, emb = Measure(), IdentityEmbedder()
     names = ["no-motion"] + [m.name for m in methods] + ["floor"]
-    per: dict[str, dict[str, list[np.ndarray | str]]] = {n: {"l1": [], "au": [], "pose": [], "id": [], "clip": []}
-                                                         for n in names}
+    per: dict[str, dict[str, list[np.ndarray | str]]] = {
+        n: {"l1": [], "au": [], "pose": [], "id": [], "closed": [], "clip": []} for n in names}
     candidates = []
     for t in tracks:
         s, tg = self_pairs(t, targets)
@@ -204,6 +212,7 @@ def run_self(tracks: list[ClipTrack], methods: list[Method], targets: int, log) 
             per[n]["au"].append(np.nanmean(np.abs(got[:, :NUM_AUS] - ref[:, :NUM_AUS]), axis=1))
             per[n]["pose"].append(pose_error_deg(got, ref))
             per[n]["id"].append(np.array(ids))
+            per[n]["closed"].append(got[ref[:, _AU45] > _SHUT, _AU45])  # the output's AU45 where the eyes shut
             per[n]["clip"].append(t.id)
         for k, j in enumerate(tg):
             candidates.append({"clip": t.id, "yaw_change": float(abs(t.attrs[j, _YAW] - sattr[_YAW])),
@@ -254,10 +263,11 @@ def summarise(per: dict, keep: set[str] | None = None) -> dict:
         sel = [k for k, c in enumerate(d["clip"]) if keep is None or c in keep]
         if not sel:
             continue
-        cat = {m: np.concatenate([d[m][k] for k in sel]) for m in ("l1", "au", "pose", "id")}
+        cat = {m: np.concatenate([d[m][k] for k in sel]) for m in ("l1", "au", "pose", "id", "closed")}
         res[n] = {"face_l1": float(np.nanmean(cat["l1"])), "au_mae": float(np.nanmean(cat["au"])),
                   "pose_deg": float(np.nanmean(cat["pose"])), "identity": float(np.nanmean(cat["id"])),
-                  "frames": int(len(cat["l1"]))}
+                  "closed_eyes_au45": float(np.nanmean(cat["closed"])) if len(cat["closed"]) else float("nan"),
+                  "closed_frames": int(len(cat["closed"])), "frames": int(len(cat["l1"]))}
     return res
 
 
@@ -303,11 +313,12 @@ def markdown(result: dict) -> str:
         rows = result[key]
         base = rows.get("no-motion", {})
         lines += [f"**{title}** ({', '.join(result.get('wide_clips', [])) if key == 'self_wide' else 'all test clips'})", "",
-                  "| method | face L1 | x no-motion | AU MAE | x no-motion | pose (deg) | identity to real |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| method | face L1 | x no-motion | AU MAE | x no-motion | pose (deg) | identity to real | AU45 where shut |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for n, r in rows.items():
             lines.append(f"| {n} | {r['face_l1']:.4f} | {r['face_l1'] / base['face_l1']:.2f} | {r['au_mae']:.3f} | "
-                         f"{r['au_mae'] / base['au_mae']:.2f} | {r['pose_deg']:.2f} | {r['identity']:.3f} |")
+                         f"{r['au_mae'] / base['au_mae']:.2f} | {r['pose_deg']:.2f} | {r['identity']:.3f} | "
+                         f"{r['closed_eyes_au45']:.2f} ({r['closed_frames']}) |")
         lines.append("")
     lines += ["**cross-reenactment** (relative driving, another person)", "",
               "| method | identity to source | AU correlation | yaw correlation | pitch correlation |",

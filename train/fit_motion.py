@@ -1,7 +1,7 @@
 """Fit the motion model (``icface_video.motion``) on the train clips and measure it on test.
 
 ``python -m train.fit_motion [--out icface_video/weights] [--knots 0,1.5,3] [--ridge 30]
-[--max-frames 300]``
+[--max-frames 300] [--pose-gain-only]``
 
 1. Face tracks of every video clip of the ``train`` split (``train.face_tracks``: 3D
    landmarks in frame pixels, blendshapes, head angles).
@@ -14,7 +14,11 @@
 4. The gain per AU on the displacements (:func:`calibrate_gain`): least squares on noisy
    AUs under-estimates the motion (regression dilution: a smile planned at AU12 1.3
    re-read 0.5 at gain 1), so train pairs are rendered at several gains and re-measured.
-5. The held-out figure: on the ``test`` clips, pairs of frames of one clip (source =
+5. The pose gain per axis (:func:`fit_pose_gain`): MediaPipe's head angles and the turn
+   of its landmark cloud differ, so the factors on the angle changes that best predict
+   the landmarks of train pairs (2D, all mesh points) are fitted by a coordinate search
+   (``--pose-gain-only`` refits just this on an existing motion model).
+6. The held-out figure: on the ``test`` clips, pairs of frames of one clip (source =
    the clip's most neutral frame, targets = every 5th frame): mean landmark error in
    pixels of the target frame (the 468 mesh points, 2D), for no motion (the source's
    landmarks), pose only (rotation and the target's centre and scale) and the whole
@@ -182,6 +186,64 @@ def calibrate_gain(model: MotionModel, tracks: list[ClipTrack], gains: tuple[flo
     return out, {g: round(float(v.mean()), 4) for g, v in per.items()}
 
 
+def pose_pairs(tracks: list[ClipTrack], per_clip: int = 12, max_turn_deg: float = 30.0,
+               seed: int = 0) -> list[tuple[ClipTrack, int, int]]:
+    """Random pairs of frames (source, target) of one clip each, for the pose-gain fit.
+
+    Pairs whose head angles differ by more than ``max_turn_deg`` on any axis are left out:
+    in the train clips such pairs are mostly cuts between shots, not head turns.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for t in tracks:
+        ok = np.nonzero(t.success)[0]
+        if len(ok) < 10:
+            continue
+        for i, j in zip(rng.choice(ok, per_clip), rng.choice(ok, per_clip)):
+            if np.degrees(np.abs(t.attrs[j, NUM_AUS:] - t.attrs[i, NUM_AUS:])).max() <= max_turn_deg:
+                pairs.append((t, int(i), int(j)))
+    return pairs
+
+
+def landmark_error(model: MotionModel, pairs: list[tuple[ClipTrack, int, int]]) -> float:
+    """Mean 2D error of the 468 mesh landmarks the model predicts for ``pairs`` (the target's
+    own centre and scale as placement), in units of the target head's scale."""
+    errs = []
+    for t, i, j in pairs:
+        src, real = t.landmarks[i].astype(np.float64), t.landmarks[j].astype(np.float64)
+        cs, ss = head_frame(src)
+        ct, st = head_frame(real)
+        placement = np.array([[ct[0] - cs[0], ct[1] - cs[1], st / ss]])
+        pred = model.target_landmarks(src, t.attrs[i], t.attrs[j][None], placement)[0]
+        errs.append(np.linalg.norm(pred[:NUM_MESH, :2] - real[:NUM_MESH, :2], axis=1).mean() / st)
+    return float(np.mean(errs))
+
+
+def fit_pose_gain(model: MotionModel, tracks: list[ClipTrack], grid: np.ndarray = np.arange(0.8, 1.401, 0.025),
+                  sweeps: int = 2) -> tuple[np.ndarray, dict[str, float]]:
+    """The per-axis pose gain (:attr:`icface_video.motion.MotionModel.pose_gain`): the
+    factors on the pitch, yaw and roll changes that best predict where the landmarks of
+    train pairs go (:func:`landmark_error`), by coordinate search over ``grid``. Returns
+    (3,) gains and the train error before and after."""
+    gain = np.ones(3)
+
+    def with_gain(g: np.ndarray) -> MotionModel:
+        return MotionModel(model.knots, model.weights, model.mean_shape, model.mirror, dict(model.meta, pose_gain=g.tolist()))
+
+    pairs = pose_pairs(tracks)
+    before = landmark_error(with_gain(gain), pairs)
+    for _ in range(sweeps):
+        for axis in range(3):
+            errors = []
+            for v in grid:
+                g = gain.copy()
+                g[axis] = v
+                errors.append(landmark_error(with_gain(g), pairs))
+            gain[axis] = float(grid[int(np.argmin(errors))])
+    gain = np.round(gain, 3)
+    return gain, {"pairs": len(pairs), "before": round(before, 5), "after": round(landmark_error(with_gain(gain), pairs), 5)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("icface_video/weights"))
@@ -190,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=300)
     ap.add_argument("--no-write", action="store_true", help="measure only")
     ap.add_argument("--no-gain", action="store_true", help="skip the gain calibration (gain 1)")
+    ap.add_argument("--pose-gain-only", action="store_true",
+                    help="keep the motion model in --out and fit only its pose gain (step 5)")
     args = ap.parse_args(argv)
+    if args.pose_gain_only:
+        return _pose_gain_only(args.out, args.max_frames, args.no_write, argv)
     knots = tuple(float(k) for k in args.knots.split(","))
     t0 = time.perf_counter()
     train = load_tracks("train", args.max_frames)
@@ -208,9 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"gains {dict(zip(AU_NAMES, gain.tolist()))} (train AU MAE by global gain: {gain_mae})")
     model = MotionModel(knots, weights, mean_shape, model.mirror, {"au_scale": FIT_SCALE, "gain": gain.tolist()})
+    pose_gain, pose_fit = fit_pose_gain(model, train)
+    print(f"pose gain (pitch, yaw, roll) {pose_gain.tolist()}; train landmark error {pose_fit}")
+    model = MotionModel(knots, weights, mean_shape, model.mirror,
+                        {"au_scale": FIT_SCALE, "gain": gain.tolist(), "pose_gain": pose_gain.tolist()})
     result = evaluate(model, test)
     meta = {"fitted_on": "train", "clips": len(train), "frames": stats["frames"], "ridge": args.ridge,
             "gain": gain.tolist(), "gain_train_au_mae": {str(k): v for k, v in gain_mae.items()},
+            "pose_gain": pose_gain.tolist(), "pose_gain_fit": pose_fit,
             "au_scale": FIT_SCALE,
             "au_names": list(AU_NAMES), "test_landmark_error_px": result,
             "command": "python -m train.fit_motion " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -219,6 +290,30 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         MotionModel(knots, weights, mean_shape, model.mirror, meta).save(args.out)
         print(f"wrote {args.out}/motion.json and motion.safetensors")
+    return 0
+
+
+def _pose_gain_only(folder: Path, max_frames: int, no_write: bool, argv: list[str] | None) -> int:
+    """``--pose-gain-only``: fit the pose gain of the motion model in ``folder``; the test
+    landmark errors before and after go into its ``motion.json``."""
+    model = MotionModel.load(folder)
+    plain = MotionModel(model.knots, model.weights, model.mean_shape, model.mirror,
+                        {k: v for k, v in model.meta.items() if k not in ("pose_gain", "pose_gain_fit")})
+    train = load_tracks("train", max_frames)
+    test = load_tracks("test", max_frames)
+    pose_gain, pose_fit = fit_pose_gain(plain, train)
+    fitted = MotionModel(model.knots, model.weights, model.mean_shape, model.mirror,
+                         dict(plain.meta, pose_gain=pose_gain.tolist(), pose_gain_fit=pose_fit))
+    before, after = evaluate(plain, test), evaluate(fitted, test)
+    fitted.meta["test_landmark_error_px"] = after
+    fitted.meta["test_landmark_error_px_pose_gain_1"] = {k: before[k] for k in ("pose", "model")}
+    fitted.meta["pose_gain_command"] = "python -m train.fit_motion " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"pose gain (pitch, yaw, roll) {pose_gain.tolist()}; train landmark error {pose_fit}")
+    print("test landmark error px, pose gain 1:", json.dumps({k: before[k] for k in ("pose", "model")}))
+    print("test landmark error px, fitted:     ", json.dumps({k: after[k] for k in ("pose", "model")}))
+    if not no_write:
+        fitted.save(folder)
+        print(f"wrote {folder}/motion.json")
     return 0
 
 
