@@ -242,10 +242,7 @@ class Reenactor:
         if self._geo is not None:
             from .reenact import geometry_batch
 
-            return np.concatenate([
-                geometry_batch(self._geo, [self._still] * len(a[b0:b0 + self.batch_size]), a[b0:b0 + self.batch_size],
-                               None, self.model.resolution, crop_only, False)[0]
-                for b0 in range(0, len(a), self.batch_size)])
+            return geometry_batch(self._geo, [self._still] * len(a), a, None, self.model.resolution, crop_only, False)[0]
         dev = self.model.device
         out = []
         for b0 in range(0, len(a), self.batch_size):

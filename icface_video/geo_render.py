@@ -152,10 +152,10 @@ def ring_points(landmarks: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def _signed_areas(tri: np.ndarray) -> np.ndarray:
-    """(T,) signed areas (px^2) of (T, 3, 2) triangles; the sign is the vertex order's orientation."""
-    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-    return (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) / 2.0
+def signed_areas(tri: np.ndarray) -> np.ndarray:
+    """(...,) signed areas (px^2) of (..., 3, 2) triangles; the sign is the vertex order's orientation."""
+    e1, e2 = tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :]
+    return (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]) / 2.0
 
 
 def _affines(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -201,7 +201,7 @@ class GeometryRenderer:
         self.fixed = ring_points(lm, config.fixed_ring)[:, :2]
         self.source_vertices = self.vertices(lm, self.hair)
         self._source_tris = self.source_vertices[self.topology.triangles]  # (T, 3, 2)
-        self._source_areas = _signed_areas(self._source_tris)
+        self._source_areas = signed_areas(self._source_tris)
         h, w = frame.shape[:2]
         x0, y0 = np.floor(self.fixed.min(0)).astype(int) - 1
         x1, y1 = np.ceil(self.fixed.max(0)).astype(int) + 2
@@ -323,7 +323,7 @@ class GeometryRenderer:
         topo, cfg = self.topology, self.config
         tris = topo.triangles
         src = self._source_tris
-        area_t, area_s = _signed_areas(dst), self._source_areas
+        area_t, area_s = signed_areas(dst), self._source_areas
         face = topo.kind == KIND_FACE
         front = np.sign(np.median(area_t[face])) or 1.0
         at, as_ = area_t * front, area_s * front

@@ -146,27 +146,23 @@ class MotionModel:
         Larger requests render as the limit; an AU already past either test at 5 is not
         continued (5).
         """
+        from .geo_render import signed_areas
         from .mesh_warp import mesh_triangles
 
         tris = mesh_triangles()
         upper = np.array([e.upper for e in EYES]).ravel()
         lower = np.array([e.lower for e in EYES]).ravel()
-
-        def areas(shapes: np.ndarray) -> np.ndarray:  # (S, 478, 3) -> (S, T)
-            t = shapes[:, tris, :2]
-            e1, e2 = t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0]
-            return e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
-
-        base = areas(self.mean_shape[None])[0]
+        base = signed_areas(self.mean_shape[tris, :2])
         opening = self.mean_shape[lower, 1] - self.mean_shape[upper, 1]  # (14,) > 0: y points down
         steps = np.arange(AU_MAX, V1_EXTRAPOLATION_LIMIT + 1e-9, 0.25)  # steps[0] = 5: the reference
+        gain = np.repeat(self.gain, len(self.knots))  # features are AU-major
         limits = np.full(NUM_AUS, AU_MAX)
-        k = len(self.knots)
         for j in range(NUM_AUS):
-            feats = np.maximum(steps[:, None] - np.asarray(self.knots), 0.0) * self.gain[j]  # (S, K)
-            shapes = self.mean_shape + np.einsum("sk,knc->snc", feats, self.weights[j * k:(j + 1) * k])
+            aus = np.zeros((len(steps), NUM_AUS))
+            aus[:, j] = steps  # this AU alone, at each step
+            shapes = self.mean_shape + np.einsum("sf,fnc->snc", hinge_features(aus, self.knots) * gain, self.weights)
             lids_open = ((shapes[:, lower, 1] - shapes[:, upper, 1]) / opening >= 0.25).all(axis=1)
-            ratio = areas(shapes) / base
+            ratio = signed_areas(shapes[:, tris, :2]) / base
             sound = ratio[0] >= 0.25
             unfolded = (ratio[:, sound] >= 0.05).all(axis=1) & lids_open
             bad = np.nonzero(~unfolded[1:])[0]

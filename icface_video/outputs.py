@@ -63,7 +63,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str 
             raise OutputError(p, f"is also an input ({src}); choose another output name")
     if p.exists() and not overwrite:
         raise OutputError(p, "already exists (use --overwrite to replace it)")
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = p.parent
     if not parent.is_dir():
         problem = f"{parent} is a file, not a folder" if parent.exists() else f"folder {parent} does not exist"
         raise OutputError(p, problem)
@@ -88,8 +88,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         with _atomic_sequence(final, overwrite) as tmp:
             yield tmp
         return
-    tmp = _new_temp(final.parent if str(final.parent) else Path("."), f".{final.stem}.", f".part{final.suffix}",
-                    folder=False, final=final)
+    tmp = _new_temp(final.parent, f".{final.stem}.", f".part{final.suffix}", folder=False, final=final)
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
@@ -128,7 +127,6 @@ def _new_temp(parent: Path, prefix: str, suffix: str, folder: bool, final: Path)
 
     Raises:
         OutputError: naming ``final``, when the folder cannot be written.
-        Terminated: the process is halting.
     """
     with spawning():
         while True:
@@ -181,7 +179,7 @@ def sequence_stem(pattern: str | os.PathLike) -> str:
 def sequence_files(pattern: str | os.PathLike) -> list[Path]:
     """The existing files a sequence pattern names (sorted), e.g. frames/00001.png ..."""
     p = Path(pattern)
-    folder = p.parent if str(p.parent) else Path(".")
+    folder = p.parent
     m = _FRAME_NUMBER.search(p.name)
     if m is None:
         raise ValueError(f"pattern: {pattern} has no frame number (%d or %0Nd)")
@@ -197,7 +195,7 @@ def _atomic_sequence(final: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a pattern inside a hidden temporary folder beside ``final``; on success move
     every frame into place (an ``--overwrite`` run first removes the old sequence's
     frames), on any exception remove the folder."""
-    parent = final.parent if str(final.parent) else Path(".")
+    parent = final.parent
     tmp_dir = _new_temp(parent, f".{sequence_stem(final)}.", ".part", folder=True, final=final)
     try:
         yield tmp_dir / final.name

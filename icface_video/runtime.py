@@ -123,7 +123,6 @@ def raise_if_terminated() -> None:
 # -- stopping at once (a batch worker whose parent is gone) ------------------------------
 
 _spawn_lock = threading.Lock()
-_halted = False
 
 
 @contextlib.contextmanager
@@ -132,13 +131,11 @@ def spawning() -> Iterator[None]:
     output file, an ffmpeg process).
 
     :func:`halt` waits for the block to end, so nothing is created but left unregistered;
-    once the process is halting, entering the block raises :class:`Terminated` instead.
-    Never call :func:`halt` from inside the block (a signal handler must only
-    :func:`request_halt`).
+    once the process is halting, entering the block waits until the process has ended.
+    Never call :func:`halt` from inside the block, so never from a signal handler (which
+    can run there): a handler only asks another thread to halt (``batch._request_stop``).
     """
     with _spawn_lock:
-        if _halted:
-            raise Terminated()
         yield
 
 
@@ -150,9 +147,7 @@ def halt(exit_code: int, cleanups: Iterable[Callable[[], None]]) -> NoReturn:
     :func:`spawning`). Call it from a thread other than the main one, or from the main
     thread outside any :func:`spawning` block.
     """
-    global _halted
     _spawn_lock.acquire()  # kept: the process ends holding it
-    _halted = True
     for cleanup in cleanups:
         try:
             cleanup()
